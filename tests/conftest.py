@@ -1,0 +1,54 @@
+"""Shared fixtures: real Caffe nets written into pytest's tmp_path."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CAFFE_TOOL = Path(sys.executable).parent / "caffe"  # the wrapper scripts/setup.sh writes
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test is a failure: every test must really run there."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get("CI") == "true" and skipped and exitstatus == 0:
+        reporter.write_line(f"CI=true: {skipped} test(s) skipped; failing the run", red=True)
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def make_net(tmp_path):
+    """make_net(prototxt_text, phase='TEST') -> caffe.Net built from a file in tmp_path."""
+    caffe = pytest.importorskip("caffe")
+    counter = iter(range(1000))
+
+    def build(text, phase="TEST"):
+        path = tmp_path / f"net{next(counter)}.prototxt"
+        path.write_text(text)
+        return caffe.Net(str(path), getattr(caffe, phase))
+    return build
+
+
+@pytest.fixture
+def run_caffe(tmp_path):
+    """run_caffe(args..., prototxt=text) -> CompletedProcess of the caffe tool, in tmp_path."""
+    if not CAFFE_TOOL.exists():
+        pytest.skip(f"{CAFFE_TOOL} does not exist (run scripts/setup.sh)")
+
+    def run(*args, prototxt=None, timeout=120):
+        argv = [str(CAFFE_TOOL), *args]
+        if prototxt is not None:
+            path = tmp_path / "cli_net.prototxt"
+            path.write_text(prototxt)
+            argv = [a.replace("{net}", str(path)) for a in argv]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    return run
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
