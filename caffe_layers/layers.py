@@ -118,14 +118,14 @@ class _LossLayer(caffe.Layer):
         if bad.any():
             index = _first_index(bad)
             raise ValueError(f"{self.NAME}: bottom 2 (weights) must be finite and >= 0; "
-                             f"{int(bad.sum())} are not, the first at index {index}: {weights[index]!r}")
+                             f"{int(bad.sum())} are not, the first at index {index}: {float(weights[index])!r}")
 
     def _raise_non_finite(self, scores):
         bad = ~np.isfinite(scores)
         if bad.any():
             raise FloatingPointError(
                 f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, the first at index "
-                f"{_first_index(bad)}: {scores[_first_index(bad)]!r} (set \"check_finite\": false to skip this check)")
+                f"{_first_index(bad)}: {float(scores[_first_index(bad)])!r} (set \"check_finite\": false to skip this check)")
         raise FloatingPointError(f"{self.NAME}: the loss overflowed although all scores are finite; "
                                  f"are the weights or class_weights too large?")
 
@@ -175,7 +175,7 @@ class SigmoidFocalLoss(_LossLayer):
             allowed = "in [0, 1]" + ("" if self.config.ignore_label is None
                                      else f" or the ignore_label {self.config.ignore_label}")
             raise ValueError(f"{self.NAME}: bottom 1 (targets) must be {allowed}; {int(bad.sum())} are not, "
-                             f"the first at index {index}: {targets[index]!r}")
+                             f"the first at index {index}: {float(targets[index])!r}")
 
     def loss_sums(self, scores, targets, weights, grad_out, prob_out):
         c = self.config
@@ -238,7 +238,7 @@ class MultiLabelSoftmaxLoss(_LossLayer):
                 bad = ~(np.isfinite(targets) & (targets >= 0))
                 index = _first_index(bad)
                 raise ValueError(f"{self.NAME}: bottom 1 (dense targets) must be finite and >= 0; "
-                                 f"{int(bad.sum())} are not, the first at index {index}: {targets[index]!r}")
+                                 f"{int(bad.sum())} are not, the first at index {index}: {float(targets[index])!r}")
             return
         bad = ~((targets >= 0) & (targets < num_classes) & (targets == np.floor(targets)))
         if self.config.ignore_label is not None:
@@ -248,7 +248,7 @@ class MultiLabelSoftmaxLoss(_LossLayer):
             allowed = f"integers in [0, {num_classes})" + ("" if self.config.ignore_label is None
                                                            else f" or the ignore_label {self.config.ignore_label}")
             raise ValueError(f"{self.NAME}: bottom 1 (class-index targets) must be {allowed}; "
-                             f"{int(bad.sum())} are not, the first at index {index}: {targets[index]!r}")
+                             f"{int(bad.sum())} are not, the first at index {index}: {float(targets[index])!r}")
 
     def loss_sums(self, scores, targets, weights, grad_out, prob_out):
         c = self.config

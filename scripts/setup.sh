@@ -89,8 +89,8 @@ assert 'Python' in caffe.layer_type_list(), 'this Caffe was built without the Py
 "
 step "smoke test: the caffe tool runs a net with a caffe_layers Python layer"
 smoke_log="$(mktemp)"
-if ! (cd "$ROOT" && GLOG_minloglevel=0 "$VENV/bin/caffe" test -model scripts/smoke.prototxt -iterations 1 > "$smoke_log" 2>&1) \
-   || ! grep -q "focal_loss = " "$smoke_log"; then
+if ! (cd "$ROOT" && GLOG_minloglevel=0 "$VENV/bin/caffe" time -model scripts/smoke.prototxt -iterations 1 > "$smoke_log" 2>&1) \
+   || ! grep -q "Initial loss: " "$smoke_log"; then
   tail -30 "$smoke_log" >&2
   exit 1
 fi
