@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAYERS = {
     "SigmoidFocalLoss": "caffe_layers.layers",
     "MultiLabelSoftmaxLoss": "caffe_layers.layers",
+    "MultiLabelMetrics": "caffe_layers.metrics_layer",
 }
 
 __all__ = sorted(_LAYERS)

@@ -13,6 +13,7 @@ Every error is raised as ``ValueError`` (bad options, shapes or targets) or
 bottom, what was expected and what came; it is also printed to stderr, because the ``caffe``
 tool reports a Python exception only as ``error_already_set``.
 """
+import contextlib
 import functools
 import math
 import sys
@@ -108,8 +109,11 @@ class _LossLayer(caffe.Layer):
         if weights is not None:
             self._check_weights(weights)
         prob_out = top[1].data if top is not None and len(top) == 2 else None
-        sums = self.loss_sums(scores, targets, weights, self._grad if want_grad else None, prob_out)
-        if self.config.check_finite and not math.isfinite(sums.loss):
+        checking = self.config.check_finite
+        # when checking, non-finite scores get the clear error below rather than NumPy's warnings
+        with np.errstate(invalid="ignore", over="ignore") if checking else contextlib.nullcontext():
+            sums = self.loss_sums(scores, targets, weights, self._grad if want_grad else None, prob_out)
+        if checking and not math.isfinite(sums.loss):
             self._raise_non_finite(scores)
         return sums.loss, float(max(1.0, self.normalizer_count(scores.shape, sums)))
 

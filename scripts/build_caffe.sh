@@ -9,10 +9,10 @@
 # Source: Debian's `caffe` source package from bullseye (BVLC Caffe plus Debian's patches),
 # fetched through a private apt configuration: the system's apt sources are not touched.
 # CAFFE_SOURCE_DIR=/path/to/caffe builds a local source tree instead (patched in a copy).
-# The prefix lives under ${CAFFE_LAYERS_CACHE:-~/.cache/caffe-layers}/caffe-<key>, where the key
-# hashes the source version, this script, the interpreter's version and numpy's version; a
-# prefix (bin/caffe, lib/, python/caffe) is trusted only once its `.complete` stamp exists, and
-# builds hold a lock.
+# The prefix (bin/caffe, lib/, python/caffe) lives under
+# ${CAFFE_LAYERS_CACHE:-~/.cache/caffe-layers}/caffe-<key>, where the key hashes the source
+# version, the patches, the CMake flags, the targets, the interpreter's version and numpy's
+# version. A prefix is trusted only once its `.complete` stamp exists, and builds hold a lock.
 set -euo pipefail
 
 CAFFE_DEB_VERSION="1.0.0+git20180821.99bd997-8"
@@ -63,11 +63,13 @@ cmake_flags() {  # PYTHON PREFIX
   echo "-DCMAKE_INSTALL_PREFIX=$prefix -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON"
 }
 
-key() {  # PYTHON
+BUILD_TARGETS="caffe pycaffe caffe.bin"
+
+key() {  # PYTHON: hashes what decides the build's result, so messages and comments can change freely
   local py="$1"
   {
-    echo "$CAFFE_DEB_VERSION $CAFFE_ORIG_SHA256 ${CAFFE_SOURCE_DIR:-debian}"
-    cat "$HERE/build_caffe.sh"
+    echo "$CAFFE_DEB_VERSION $CAFFE_ORIG_SHA256 ${CAFFE_SOURCE_DIR:-debian} $BUILD_TARGETS layout=bin,lib,python"
+    declare -f replace_once patch_tree cmake_flags
     "$py" -c 'import sys, numpy; print(sys.version, numpy.__version__)'
   } | sha256sum | cut -c1-16
 }
@@ -119,8 +121,8 @@ build() {  # PYTHON
   # shellcheck disable=SC2046
   (cd "$work/build" && cmake $(cmake_flags "$py" "$prefix") "$src" > "$work/cmake.log" 2>&1) \
     || { tail -40 "$work/cmake.log" >&2; die "cmake failed (log above)"; }
-  log "compiling libcaffe, pycaffe and the caffe tool with $JOBS jobs (about 3 minutes on 2 cores)"
-  (cd "$work/build" && make -j"$JOBS" caffe pycaffe caffe.bin > "$work/make.log" 2>&1) \
+  log "compiling libcaffe, pycaffe and the caffe tool with $JOBS jobs (several minutes on 2 cores)"
+  (cd "$work/build" && make -j"$JOBS" $BUILD_TARGETS > "$work/make.log" 2>&1) \
     || { tail -40 "$work/make.log" >&2; die "make failed (log above)"; }
   # the three targets only (make install would build every tool): bin/caffe, lib/libcaffe.so*, python/
   mkdir -p "$prefix/bin" "$prefix/lib" "$prefix/python"
