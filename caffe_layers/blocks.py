@@ -1,12 +1,32 @@
-"""Walking a big blob in cache-sized blocks.
+"""Walking a big blob in cache-sized blocks, with scratch arrays reused from block to block.
 
-A loss over a ``(N, C, S)`` view is computed block by block so that the dozen temporaries of
-the math stay in the CPU cache instead of streaming the whole blob through memory a dozen
-times. Blocks never split axis 1 (classes), so per-class vectors and reductions over classes
-work on every block unchanged.
+A loss over a ``(N, C, S)`` view is computed block by block so that the temporaries of the
+math stay in the CPU cache instead of streaming the whole blob through memory once per
+operation, and every operation writes into a scratch array allocated once per call
+(``Scratch``) instead of a fresh temporary.
+
+Two ways to cut a blob:
+
+- ``block_slices``: blocks ``(n, C, s)`` that never split axis 1 (classes), for losses that
+  reduce over classes (softmax). Along ``S`` a block keeps at least ``MIN_RUN`` contiguous
+  elements, so that an ``(N, C, S)`` blob with many classes is not read in short strided runs.
+- ``flat_blocks``: contiguous runs of the flattened blob, cut at sample and class boundaries so
+  that each block is an ``(n, c, s)`` box: for element-wise losses (the sigmoid focal loss),
+  with per-class vectors sliced along with the block.
 """
+import numpy as np
 
-BLOCK_ELEMENTS = 1 << 14  # 16K elements: a block's temporaries (~64 KiB each in float32) fit in L2
+# Sizes measured with benchmarks/bench_losses.py (2 cores, numpy 2.4): a NumPy call costs a few
+# microseconds whatever its size, so blocks are as big as the cache allows and bigger still
+# where a loss makes many calls per block.
+BLOCK_ELEMENTS = 1 << 15  # flat_blocks: 32K elements, a dozen float32 scratch arrays of 128 KiB
+CLASS_BLOCK_ELEMENTS = 1 << 18  # block_slices: 256K elements (1 MiB of float32) per block
+MIN_RUN = 256  # the shortest run along S that block_slices reads per class (1 KiB of float32)
+SAMPLE_ELEMENTS = 1 << 22  # block_slices reads a sample of up to 4M elements (16 MiB) as one block
+# A block is also at most 1/8 (flat_blocks) or 1/2 (block_slices) of the array, so that the
+# scratch arrays of a call (up to 12 and 4 blocks' worth) stay within about twice the array,
+# but never smaller than this:
+MIN_BLOCK_ELEMENTS = 1 << 12
 
 
 def as_ncs(shape, axis=1):
@@ -20,16 +40,82 @@ def as_ncs(shape, axis=1):
     return outer, shape[axis], inner
 
 
-def block_slices(ncs, block_elements=BLOCK_ELEMENTS):
-    """Yield ``(n_slice, s_slice)`` pairs covering an ``(N, C, S)`` array in blocks."""
+def block_slices(ncs, block_elements=None, min_run=None, sample_elements=None):
+    """Yield ``(n_slice, s_slice)`` pairs covering an ``(N, C, S)`` array in blocks of whole
+    class vectors (the defaults, None, read this module's constants when called).
+
+    Samples are grouped into blocks ``(n, C, S)`` of at most ``block_elements``, and at most half
+    the array (``MIN_BLOCK_ELEMENTS`` at least). A sample bigger than that is one block
+    ``(1, C, S)`` of whole contiguous rows when it has at most ``sample_elements`` and is at most
+    half the array; otherwise it is cut along S into ``(1, C, s)`` blocks of that size, with
+    ``s >= min(S, min_run)``.
+    """
+    block_elements = CLASS_BLOCK_ELEMENTS if block_elements is None else block_elements
+    min_run = MIN_RUN if min_run is None else min_run
+    sample_elements = SAMPLE_ELEMENTS if sample_elements is None else sample_elements
     n, c, s = ncs
     per_sample = max(1, c * s)
-    if per_sample <= block_elements:
-        step = max(1, block_elements // per_sample)
+    half = max(MIN_BLOCK_ELEMENTS, n * per_sample // 2)
+    if per_sample <= min(block_elements, half):
+        step = max(1, min(block_elements, half) // per_sample)
         for n0 in range(0, n, step):
             yield slice(n0, min(n, n0 + step)), slice(0, s)
-    else:
-        step = max(1, block_elements // max(1, c))
+        return
+    largest = min(sample_elements, half)
+    step = s if per_sample <= largest else max(1, min_run, largest // max(1, c))
+    for n0 in range(n):
+        for s0 in range(0, s, step):
+            yield slice(n0, n0 + 1), slice(s0, min(s, s0 + step))
+
+
+def flat_blocks(ncs, block_elements=None):
+    """Yield ``(n_slice, c_slice, s_slice)`` boxes of an ``(N, C, S)`` array, each a contiguous
+    run of at most ``block_elements`` elements of the C-ordered array: whole samples, else whole
+    ``S`` rows of a sample, else pieces of one row. The default is ``BLOCK_ELEMENTS``, or an
+    eighth of the array if that is less (``MIN_BLOCK_ELEMENTS`` at least)."""
+    n, c, s = ncs
+    if block_elements is None:
+        block_elements = min(BLOCK_ELEMENTS, max(MIN_BLOCK_ELEMENTS, n * c * s // 8))
+    block_elements = max(1, block_elements)
+    if c * s <= block_elements:
+        step = block_elements // max(1, c * s)
+        for n0 in range(0, n, step):
+            yield slice(n0, min(n, n0 + step)), slice(0, c), slice(0, s)
+    elif s <= block_elements:
+        step = block_elements // s
         for n0 in range(n):
-            for s0 in range(0, s, step):
-                yield slice(n0, n0 + 1), slice(s0, min(s, s0 + step))
+            for c0 in range(0, c, step):
+                yield slice(n0, n0 + 1), slice(c0, min(c, c0 + step)), slice(0, s)
+    else:
+        for n0 in range(n):
+            for c0 in range(c):
+                for s0 in range(0, s, block_elements):
+                    yield slice(n0, n0 + 1), slice(c0, c0 + 1), slice(s0, min(s, s0 + block_elements))
+
+
+class Scratch:
+    """Scratch arrays shared by the blocks of one call, each allocated when first asked for.
+
+    ``scratch.arrays(shape, count)`` returns ``count`` arrays of ``shape``. Array ``i`` is a
+    view of the ``i``-th flat buffer, allocated for the first block that uses it (the largest:
+    a block after it is never bigger) and reused by the others; views are cached per shape.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self._flat = []
+        self._views = {}
+
+    def arrays(self, shape, count):
+        views = self._views.get((shape, count))
+        if views is None:
+            size = 1
+            for d in shape:
+                size *= d
+            if self._flat and self._flat[0].size < size:  # a bigger block than the first: start over
+                self._flat = []
+                self._views.clear()
+            while len(self._flat) < count:
+                self._flat.append(np.empty(max(size, self._flat[0].size if self._flat else 0), dtype=self.dtype))
+            views = self._views[(shape, count)] = tuple(flat[:size].reshape(shape) for flat in self._flat[:count])
+        return views

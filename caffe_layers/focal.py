@@ -10,13 +10,18 @@ Per element, with score ``x``, target ``t`` in [0, 1] (soft targets allowed), ``
 
 ``w`` is the product of the class weight, the sample or element weight and the ignore mask.
 ``gamma = 0`` is sigmoid cross-entropy. Everything is computed from ``e = exp(-|x|)`` so that
-no term overflows or cancels, whatever the size of ``x``.
+no term overflows, whatever the size of ``x``; for ``gamma > 0``, ``1 - p`` and ``1 - p_t`` are
+computed without cancelling, so ``q^gamma`` and ``q^(gamma - 1)`` stay accurate at saturation.
+
+The blob is walked in contiguous blocks (``caffe_layers.blocks``) and each operation writes
+into scratch arrays reused from block to block: about 30 passes over a block that stays in
+cache, one ``exp`` and one ``log`` per element, no temporary of the blob's size.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from .blocks import as_ncs, block_slices
+from .blocks import Scratch, as_ncs, flat_blocks
 
 FocalSums = namedtuple("FocalSums", "loss valid positives")
 FocalSums.__doc__ = """Sums over all elements: ``loss`` (float), ``valid`` (non-ignored elements),
@@ -43,84 +48,120 @@ def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=Non
     Returns ``FocalSums(loss, valid, positives)``.
     """
     ncs = as_ncs(scores.shape)
+    dtype = np.result_type(scores.dtype, np.float32)  # float32 blobs stay float32, float64 stays
     x_all = scores.reshape(ncs)
     t_all = targets.reshape(ncs)
     grad_all = None if grad_out is None else grad_out.reshape(ncs)
     prob_all = None if prob_out is None else prob_out.reshape(ncs)
     per_class = (1, ncs[1], 1)
+    alpha_base = alpha_slope = None
     if alpha is not None:
-        alpha = np.reshape(np.asarray(alpha, dtype=scores.dtype), (1, -1, 1))
-        alpha = np.broadcast_to(alpha, per_class)
+        alpha = np.asarray(alpha, dtype=dtype)
+        alpha = alpha.reshape(per_class) if alpha.ndim else alpha
+        # alpha_t = alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t
+        alpha_base, alpha_slope = 1 - alpha, 2 * alpha - 1
     if class_weights is not None:
-        class_weights = np.asarray(class_weights, dtype=scores.dtype).reshape(per_class)
+        class_weights = np.asarray(class_weights, dtype=dtype).reshape(per_class)
     if weights is not None:
-        weights = np.asarray(weights, dtype=scores.dtype)
+        weights = np.asarray(weights, dtype=dtype)
         weights = weights.reshape((ncs[0], 1, 1) if weights.ndim == 1 else ncs)
 
+    scratch = Scratch(dtype)
+    # 10 arrays for the math; 2 more for cleaned targets and a product of weights when needed
+    count = 10 + 2 * (ignore_label is not None or alpha is not None
+                      or (class_weights is not None and weights is not None))
     loss = 0.0
     valid = 0
     positives = 0.0
-    for n, s in block_slices(ncs):
-        x = x_all[n, :, s]
-        t = t_all[n, :, s]
-        w = class_weights
+    for n, c, s in flat_blocks(ncs):
+        x = x_all[n, c, s]
+        t = t_all[n, c, s]
+        work = scratch.arrays(x.shape, count)
+        factors = []  # what multiplies each element's loss and gradient, broadcast to the block
+        if class_weights is not None:
+            factors.append(class_weights[:, c])
         if weights is not None:
-            w_block = weights[n] if weights.shape[2] == 1 else weights[n, :, s]
-            w = w_block if w is None else w * w_block
+            factors.append(weights[n] if weights.shape[2] == 1 else weights[n, c, s])
         if ignore_label is not None:
             kept = t != ignore_label
-            t = np.where(kept, t, 0).astype(x.dtype, copy=False)
-            w = kept if w is None else w * kept
+            t = np.multiply(t, kept, out=work[10])  # ignored targets -> 0 (their weight is 0)
+            factors.append(kept)
             valid += int(np.count_nonzero(kept))
         else:
-            valid += t.size
-        positives += float(np.sum(t, dtype=np.float64))
-        block_loss, grad, prob = _focal_block(x, t, gamma, alpha, w, grad_all is not None)
-        loss += block_loss
-        if grad_all is not None:
-            grad_all[n, :, s] = grad
-        if prob_all is not None:
-            prob_all[n, :, s] = prob
+            valid += x.size
+        positives += float(np.add.reduce(t, axis=None))
+        if alpha is not None:  # first, so that the products below accumulate into its array
+            alpha_t = np.multiply(t, alpha_slope if alpha_slope.ndim == 0 else alpha_slope[:, c], out=work[11])
+            factors.insert(0, np.add(alpha_t, alpha_base if alpha_base.ndim == 0 else alpha_base[:, c],
+                                     out=alpha_t))
+        scale = factors[0] if factors else None
+        if len(factors) > 1:
+            scale = np.multiply(factors[0], factors[1], out=work[11])
+            for factor in factors[2:]:
+                np.multiply(scale, factor, out=scale)
+        loss += _focal_block(x, t, gamma, scale, work,
+                             None if grad_all is None else grad_all[n, c, s],
+                             None if prob_all is None else prob_all[n, c, s])
     return FocalSums(loss, valid, positives)
 
 
-def _focal_block(x, t, gamma, alpha, w, want_grad):
-    """Loss sum, gradient (or None) and sigmoid of one block; w: None or broadcastable weights."""
-    e = np.exp(-np.abs(x))
-    r = 1 / (1 + e)                          # sigmoid(|x|)
-    positive = x >= 0
-    p = np.where(positive, r, e * r)         # sigmoid(x) = e^-|x| / (1 + e^-|x|) for x < 0
-    pm = np.where(positive, e * r, r)        # 1 - p, without the cancellation of 1 - p
-    relu = np.maximum(x, 0)
-    t1 = 1 - t
-    # ce = softplus(-x) t + softplus(x) (1 - t), softplus(x) = max(x, 0) + log1p(e^-|x|):
-    # both terms are >= 0, so nothing cancels at large |x|.
-    ce = np.log1p(e) + relu * t1 + (relu - x) * t
-    u = p * t1                               # p (1 - t)
-    v = pm * t                               # (1 - p) t
-    scale = w
-    if alpha is not None:
-        alpha_t = alpha * t + (1 - alpha) * t1
-        scale = alpha_t if scale is None else scale * alpha_t
-    if gamma == 0:
-        loss_el = ce
-        grad = (u - v) if want_grad else None  # p - t
-    else:
-        q = u + v                            # 1 - p_t
-        q_gamma = q * q if gamma == 2 else q if gamma == 1 else np.power(q, gamma)
-        loss_el = q_gamma * ce
-        if want_grad:
-            if gamma == 1:
-                q_gamma_1 = 1
-            elif gamma == 2:
-                q_gamma_1 = q
-            else:  # q^(gamma-1) is infinite at q = 0 when gamma < 1; the whole term's limit there is 0
-                q_gamma_1 = np.power(q, gamma - 1, out=np.zeros_like(q), where=q > 0)
-            grad = q_gamma * (u - v) + (gamma * q_gamma_1) * (p * pm) * (t1 - t) * ce
-        else:
-            grad = None
+def _focal_block(x, t, gamma, scale, work, grad, prob):
+    """Loss sum of one block; writes the gradient into ``grad`` and sigmoid(x) into ``prob``
+    when they are not None. scale: None or the elements' weights, broadcastable to the block.
+    work: at least 10 scratch arrays of the block's shape (the first 10 are used)."""
+    e, r, ce, p, h, b0, b1, b2, b3, b4 = work[:10]
+    np.abs(x, out=b0)
+    np.exp(np.negative(b0, out=b0), out=e)       # e = exp(-|x|), in (0, 1]: never overflows
+    u = np.add(e, 1, out=b0)
+    np.divide(1, u, out=r)                       # r = sigmoid(|x|)
+    log1p = np.log(u, out=ce)
+    # log1p(e) = log(u) + (e - (u - 1)) / u to first order, u = fl(1 + e); u - 1 is exact, so
+    # e - (u - 1) is the rounding error of 1 + e (< e, and dividing it by u changes it by < e)
+    np.add(log1p, np.subtract(e, np.subtract(u, 1, out=u), out=u), out=log1p)
+    np.greater_equal(x, 0, out=h)                # h = [x >= 0]
+    np.multiply(np.maximum(e, h, out=p), r, out=p)  # p = sigmoid(x) = r (x >= 0) or e r (x < 0)
+    # ce = softplus(x) - x t = max(x, 0) - x t + log1p(e) = x (h - t) + log1p(e)
+    np.add(np.multiply(np.subtract(h, t, out=b0), x, out=b0), log1p, out=ce)
+    if prob is not None:
+        np.copyto(prob, p)
     if scale is not None:
-        loss_el = loss_el * scale
+        np.multiply(ce, scale, out=ce)
+
+    if gamma == 0:
         if grad is not None:
-            grad = grad * scale
-    return float(np.sum(loss_el, dtype=np.float64)), grad, p
+            np.subtract(p, t, out=grad)
+            if scale is not None:
+                np.multiply(grad, scale, out=grad)
+        return float(np.add.reduce(ce, axis=None))
+
+    # 1 - p = r (x < 0) or e r (x >= 0), without the cancellation of 1 - p
+    pm = np.multiply(np.maximum(e, np.subtract(1, h, out=b0), out=b0), r, out=b0)
+    t1 = np.subtract(1, t, out=b1)
+    u_ = np.multiply(p, t1, out=b2)              # p (1 - t)
+    v_ = np.multiply(pm, t, out=b3)              # (1 - p) t
+    q = np.add(u_, v_, out=b4)                   # q = 1 - p_t: a sum of two terms >= 0
+    if gamma == 1:
+        q_gamma = q
+    elif gamma == 2:
+        q_gamma = np.multiply(q, q, out=h)
+    else:
+        q_gamma = np.power(q, gamma, out=h)
+    loss = float(np.add.reduce(np.multiply(q_gamma, ce, out=r if grad is None else e), axis=None))
+    if grad is None:
+        return loss
+    # gamma q^(gamma - 1) p (1 - p) (1 - 2t) ce, in e:
+    np.multiply(ce, np.subtract(t1, t, out=t1), out=ce)   # (1 - 2t) ce
+    np.multiply(ce, np.multiply(p, pm, out=pm), out=e)     # p (1 - p) (1 - 2t) ce
+    if gamma == 2:
+        np.multiply(e, q, out=e)
+    elif gamma != 1:
+        # q^(gamma - 1) = q^gamma / q; where q = 0 the term's limit is 0 (q^gamma = 0 there)
+        np.multiply(e, np.divide(q_gamma, np.maximum(q, np.finfo(q.dtype).tiny, out=q), out=q), out=e)
+    if gamma != 1:
+        np.multiply(e, gamma, out=e)
+    # + q^gamma (p - t), p - t = p (1 - t) - (1 - p) t
+    g = np.multiply(np.subtract(u_, v_, out=u_), q_gamma, out=u_)
+    if scale is not None:
+        np.multiply(g, scale, out=g)
+    np.add(g, e, out=grad)
+    return loss
