@@ -7,6 +7,20 @@ from . import params
 SHARED_NORMALIZATIONS = ("batch_size", "full", "valid", "none")
 
 
+def _shared_options(layer, raw, normalizations):
+    """The keys both losses take: class_weights, normalization, ignore_label, check_finite."""
+    config = {}
+    if raw.get("class_weights") is not None:
+        config["class_weights"] = params.number_list(layer, "class_weights", raw["class_weights"], low=0.0)
+    if "normalization" in raw:
+        config["normalization"] = params.choice(layer, "normalization", raw["normalization"], normalizations)
+    if "ignore_label" in raw:
+        config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
+    if "check_finite" in raw:
+        config["check_finite"] = params.boolean(layer, "check_finite", raw["check_finite"])
+    return config
+
+
 @dataclass(frozen=True)
 class FocalConfig:
     gamma: float = 2.0
@@ -32,17 +46,9 @@ class FocalConfig:
         if alpha is not None:
             config["alpha"] = (params.number(layer, "alpha", alpha, 0.0, 1.0) if params.is_number(alpha)
                                else params.number_list(layer, "alpha", alpha, 0.0, 1.0))
-        if raw.get("class_weights") is not None:
-            config["class_weights"] = params.number_list(layer, "class_weights", raw["class_weights"], low=0.0)
         if raw.get("class_balances") is not None:
             config["class_weights"] = params.class_balances(layer, raw["class_balances"])
-        if "normalization" in raw:
-            config["normalization"] = params.choice(layer, "normalization", raw["normalization"],
-                                                    SHARED_NORMALIZATIONS + ("positives",))
-        if "ignore_label" in raw:
-            config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
-        if "check_finite" in raw:
-            config["check_finite"] = params.boolean(layer, "check_finite", raw["check_finite"])
+        config.update(_shared_options(layer, raw, SHARED_NORMALIZATIONS + ("positives",)))
         return cls(**config)
 
 
@@ -77,13 +83,5 @@ class SoftmaxConfig:
                                                       0.0, 1.0, high_open=True)
         if "loss" in raw:
             config["loss"] = params.choice(layer, "loss", raw["loss"], ("cross_entropy", "kl"))
-        if raw.get("class_weights") is not None:
-            config["class_weights"] = params.number_list(layer, "class_weights", raw["class_weights"], low=0.0)
-        if "normalization" in raw:
-            config["normalization"] = params.choice(layer, "normalization", raw["normalization"],
-                                                    SHARED_NORMALIZATIONS)
-        if "ignore_label" in raw:
-            config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
-        if "check_finite" in raw:
-            config["check_finite"] = params.boolean(layer, "check_finite", raw["check_finite"])
+        config.update(_shared_options(layer, raw, SHARED_NORMALIZATIONS))
         return cls(**config)
