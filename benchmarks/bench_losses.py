@@ -18,13 +18,14 @@ The floor lines time the passes no implementation avoids: one exp and one log pe
 one exp), and one multiply streaming a whole blob into another (what backward's scaling by the
 loss weight costs).
 
-Timings are wall-clock by default; ``--clock cpu`` times the process's CPU time instead (less
-noisy on a loaded machine, but it adds up the threads a BLAS call may use).
-``caffe time`` makes the same calls but feeds zeros (Input blobs have no filler), which makes
-class-index labels all 0 and multi-hot targets all empty; here the data are realistic.
+Timings are wall-clock (``time.perf_counter``). CPU time would mislead: Caffe's layers call
+OpenBLAS, whose worker threads keep spinning after a call and would charge that to whichever
+layer runs next. ``caffe time`` makes the same calls but feeds zeros (Input blobs have no
+filler), which makes class-index labels all 0 and multi-hot targets all empty; here the data
+are realistic.
 
-Usage: ``python benchmarks/bench_losses.py [--quick] [--repeats N] [--cases a,b,c] [--clock cpu]``
-or ``make bench``.
+Usage: ``python benchmarks/bench_losses.py [--quick] [--repeats N] [--cases a,b,c]`` or
+``make bench``.
 """
 import argparse
 import gc
@@ -287,17 +288,15 @@ def main(argv=None):
     parser.add_argument("--seed-repeats", type=int, default=3, help="repetitions of the loop baselines")
     parser.add_argument("--cases", default="a,b,c", help="comma-separated case keys: a, b, c")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc measurement")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall-clock time (default) or the process's CPU time")
     args = parser.parse_args(argv)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    clock = time.perf_counter
     caffe.set_mode_cpu()
     keys = [k.strip() for k in args.cases.split(",") if k.strip()]
     unknown = [k for k in keys if k not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
 
-    print(f"# Loss layers, forward + backward, TRAIN phase, {args.clock} clock; {machine()}")
+    print(f"# Loss layers, forward + backward, TRAIN phase, wall clock; {machine()}")
     rows, floors = [], {}
     with tempfile.TemporaryDirectory() as directory:
         for key in keys:

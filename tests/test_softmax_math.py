@@ -129,3 +129,25 @@ def test_blocked_computation_covers_big_blobs(rng, shape):
     t = _dense(rng, shape)
     sums = multilabel_softmax_loss(x, t)
     np.testing.assert_allclose(sums.loss, softmax_positions(x, t).sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(target_normalization="sum", label_smoothing=0.1), dict(loss="kl")])
+def test_sparse_multi_hot_targets_on_a_big_blob(rng, options):
+    # about 1% non-zero targets: the layer's sparse path; several blocks; float32 like a blob
+    x = rng.normal(scale=2.0, size=(3000, 40)).astype(np.float32)
+    t = (rng.uniform(size=x.shape) < 0.01).astype(np.float32)
+    grad = np.empty_like(x)
+    sums = multilabel_softmax_loss(x, t, grad_out=grad, **options)
+    reference = softmax_positions(x, t, **options)
+    np.testing.assert_allclose(sums.loss, reference.sum(), rtol=1e-5)
+    assert sums.valid == np.count_nonzero(t.sum(axis=1))
+    # d/dx by hand, in float64: sum(q) p - q
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    count = np.count_nonzero(t64, axis=1)[:, None]
+    q = t64 / np.where(count > 0, count, 1) if options.get("target_normalization", "count") == "count" \
+        else t64 / np.maximum(t64.sum(axis=1, keepdims=True), 1e-300)
+    eps = options.get("label_smoothing", 0.0)
+    q = (1 - eps) * q + eps * q.sum(axis=1, keepdims=True) / x.shape[1]
+    e = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(grad, q.sum(axis=1, keepdims=True) * p - q, atol=1e-6)
