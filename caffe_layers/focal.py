@@ -64,7 +64,8 @@ def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=Non
         class_weights = np.asarray(class_weights, dtype=dtype).reshape(per_class)
     if weights is not None:
         weights = np.asarray(weights, dtype=dtype)
-        weights = weights.reshape((ncs[0], 1, 1) if weights.ndim == 1 else ncs)
+        per_sample = weights.ndim == 1
+        weights = weights.reshape((ncs[0], 1, 1) if per_sample else ncs)
 
     scratch = Scratch(dtype)
     # 10 arrays for the math; 2 more for cleaned targets and a product of weights when needed
@@ -81,7 +82,8 @@ def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=Non
         if class_weights is not None:
             factors.append(class_weights[:, c])
         if weights is not None:
-            factors.append(weights[n] if weights.shape[2] == 1 else weights[n, c, s])
+            # an (N,) weight is one per sample, (n, 1, 1) here; an element weight follows the box
+            factors.append(weights[n] if per_sample else weights[n, c, s])
         if ignore_label is not None:
             kept = t != ignore_label
             t = np.multiply(t, kept, out=work[10])  # ignored targets -> 0 (their weight is 0)

@@ -210,7 +210,7 @@ def test_softmax_equals_caffe_softmax_with_loss(make_net, rng, normalization, ig
         ours_label = np.zeros(shape)
         position = np.indices(index_shape)
         kept = labels != 255
-        ours_label[position[0][kept], labels[kept].astype(int), *[p[kept] for p in position[2:]]] = 1
+        ours_label[(position[0][kept], labels[kept].astype(int)) + tuple(p[kept] for p in position[2:])] = 1
         our_shape = shape
     n = make_net(net(input_layer({"ours": shape, "theirs": shape, "ours_label": our_shape, "label": index_shape}),
                      python_loss("MultiLabelSoftmaxLoss", ["ours", "ours_label"], params, top="multilabel"),
