@@ -4,7 +4,7 @@
     .venv/bin/python examples/demo.py                       # what `make demo` runs
     .venv/bin/python examples/demo.py --quick --out /tmp/d  # a smoke run of the same steps
 
-1. Makes the bundled data (``caffe_layers.data``): 32x32 canvases with 1 to 4 of scikit-learn's
+1. Makes the bundled data (``examples/digits_data.py``): 32x32 canvases with 1 to 4 of scikit-learn's
    handwritten digits; labels the digits present; digits 7, 8, 9 are rare.
 2. Writes the nets (``examples/make_nets.py``, the same as prototxt/ but for paths) and trains
    each loss for a fixed budget: sigmoid cross-entropy (``SigmoidFocalLoss`` with gamma 0), the
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 import make_nets  # noqa: E402
 import train as pytrain  # noqa: E402
-from caffe_layers import data as digits  # noqa: E402
+import digits_data as digits  # noqa: E402
 
 RARE = digits.DigitsSpec().rare_digits
 

@@ -8,7 +8,7 @@ For each variant V (sigmoid_ce, focal, softmax) it writes prototxt/V_train_val.p
 data, the CNN, the Python loss; MultiLabelMetrics in the TEST phase), prototxt/V_solver.prototxt
 and prototxt/V_deploy.prototxt (an Input layer and the probabilities, no labels), and the
 copy-paste layer snippets under prototxt/snippets/. Paths in the files are relative to the
-repository root, where the data is expected under runs/digits/ (`python -m caffe_layers.data`)
+repository root, where the data is expected under runs/digits/ (`examples/digits_data.py`)
 and snapshots go to runs/V/. examples/demo.py calls `generate` with its own paths.
 """
 import argparse
@@ -16,14 +16,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [HERE, ROOT]   # digits_data beside this script; caffe_layers from the checkout
 
 import caffe  # noqa: E402
 from caffe import layers as L, params as P  # noqa: E402
 
 from caffe_layers import netspec  # noqa: E402
-from caffe_layers.data import DigitsSpec, NUM_CLASSES  # noqa: E402
+from digits_data import DigitsSpec, NUM_CLASSES  # noqa: E402
 
 GENERATED = "written by examples/make_nets.py; edit that script, not this file"
 

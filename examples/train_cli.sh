@@ -18,7 +18,7 @@ deploy="prototxt/${variant}_deploy.prototxt"
 out="runs/$variant"
 
 [ -f "$solver" ] || { echo "train_cli: no $solver here (run from the repository root; variants: sigmoid_ce, focal, softmax)" >&2; exit 2; }
-[ -f runs/digits/train.txt ] || "$bin/python" -m caffe_layers.data --out runs/digits
+[ -f runs/digits/train.txt ] || "$bin/python" "$root/examples/digits_data.py" --out runs/digits
 mkdir -p "$out"                                    # Caffe stops if the snapshot folder is missing
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"   # one thread: runs repeat to the bit
 

@@ -15,9 +15,10 @@ import pytest
 caffe = pytest.importorskip("caffe")
 h5py = pytest.importorskip("h5py")
 
-from caffe_layers.data import DigitsSpec, NUM_CLASSES, make_digits  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+from digits_data import DigitsSpec, NUM_CLASSES, make_digits  # noqa: E402
+
 DEMO = ROOT / "examples" / "demo.py"
 TRAIN = ROOT / "examples" / "train.py"
 CAFFE_TOOL = Path(sys.executable).parent / "caffe"

@@ -15,7 +15,9 @@ Files, as Caffe's ``HDF5Data`` layer reads them (``source`` is a list file of ``
                                     label float32 (N, 10) multi-hot
     OUT/train.txt, val.txt, test.txt  the absolute path of the matching .h5, one line
 
-Command line: ``python -m caffe_layers.data --out runs/digits`` (``--help`` for sizes).
+Command line, from the repository root: ``.venv/bin/python examples/digits_data.py --out runs/digits``
+(``--help`` for sizes). ``examples/demo.py`` and ``examples/train_cli.sh`` call it; the nets of
+prototxt/ read its files from ``runs/digits/``.
 """
 import argparse
 import os
@@ -133,7 +135,7 @@ def label_counts(h5_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m caffe_layers.data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/digits", help="output folder (default: runs/digits)")
     parser.add_argument("--sizes", type=int, nargs=3, default=(6000, 1000, 1000), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--canvas", type=int, default=DigitsSpec.canvas)
