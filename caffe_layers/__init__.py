@@ -1,27 +1,32 @@
 """Caffe Python layers for multi-label and imbalanced classification.
 
-The layers are used from prototxt as ``python_param { module: "caffe_layers" layer: "..." }``.
-They import ``caffe`` on first use, so the NumPy math (``caffe_layers.focal``,
-``caffe_layers.multilabel_softmax``) works without Caffe.
+The layers are used from prototxt as ``python_param { module: "caffe_layers" layer: "..." }``;
+``caffe_layers.registry.LAYERS`` lists them. They import ``caffe`` on first use, so the NumPy
+math (``caffe_layers.focal``, ``caffe_layers.asymmetric``, ``caffe_layers.multilabel_softmax``,
+``caffe_layers.reference``) works without Caffe.
 """
 import importlib
 
+from .registry import LAYERS
+
 __version__ = "0.1.0"
 
-_LAYERS = {
-    "SigmoidFocalLoss": "caffe_layers.layers",
-    "MultiLabelSoftmaxLoss": "caffe_layers.layers",
-    "MultiLabelMetrics": "caffe_layers.metrics_layer",
-}
-
-__all__ = sorted(_LAYERS)
+__all__ = sorted(LAYERS)
 
 
 def __getattr__(name):
-    if name in _LAYERS:
-        return getattr(importlib.import_module(_LAYERS[name]), name)
-    raise AttributeError(f"module 'caffe_layers' has no attribute {name!r}")
+    if name not in LAYERS:
+        raise AttributeError(f"module 'caffe_layers' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(LAYERS[name].module)
+    except ModuleNotFoundError as error:
+        if error.name != "caffe":
+            raise
+        raise ImportError(f"caffe_layers.{name} needs pycaffe, and 'import caffe' failed: run 'make setup' "
+                          f"(it builds Caffe into .venv), or put your Caffe's python folder on the path "
+                          f"(PYTHONPATH=/path/to/caffe/python)") from None
+    return getattr(module, name)
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAYERS))
+    return sorted(list(globals()) + list(LAYERS))

@@ -1,75 +1,168 @@
-"""The validated, immutable options of each loss layer, read from ``param_str``."""
-from dataclasses import dataclass
+"""The validated, immutable options of every layer, read from ``param_str``: one class per layer.
+
+A loss config subclasses ``LossConfig`` (the options every loss shares) and adds its own
+fields and their checks in ``parse``; ``from_param_str`` reads the text, rejects unknown and
+duplicate keys, and calls ``parse``. ``kernel_options()`` is what the layer passes to its NumPy
+loss function as keyword arguments.
+"""
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
 from . import params
+from .decoding import ACTIVATIONS
 
-SHARED_NORMALIZATIONS = ("batch_size", "full", "valid", "none")
-
-
-def _shared_options(layer, raw, normalizations):
-    """The keys both losses take: class_weights, normalization, ignore_label, check_finite."""
-    config = {}
-    if raw.get("class_weights") is not None:
-        config["class_weights"] = params.number_list(layer, "class_weights", raw["class_weights"], low=0.0)
-    if "normalization" in raw:
-        config["normalization"] = params.choice(layer, "normalization", raw["normalization"], normalizations)
-    if "ignore_label" in raw:
-        config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
-    if "check_finite" in raw:
-        config["check_finite"] = params.boolean(layer, "check_finite", raw["check_finite"])
-    return config
+# The largest focusing exponent accepted: gamma times a float32 value must stay finite, and
+# beyond a few dozen (1 - p)^gamma is 0 for every element that is not misclassified anyway.
+MAX_GAMMA = 1000.0
+# The largest class weight accepted: a weighted loss of float32 scores must stay finite.
+MAX_CLASS_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
-class FocalConfig:
-    gamma: float = 2.0
-    alpha: Union[None, float, Tuple[float, ...]] = None
+class LossConfig:
+    """The options every loss takes. Subclasses add fields (all with defaults) and extend ``parse``.
+
+    ``NORMALIZATIONS``: the accepted ``normalization`` values; ``ALIASES``: other spellings of
+    keys (``{"focusing_parameter": "gamma"}``); ``EXTRA_KEYS``: keys read by ``parse`` that are
+    not fields (``class_balances``). ``spellings`` records, per option, the key the user wrote,
+    so that a later error names it.
+    """
     class_weights: Optional[Tuple[float, ...]] = None
     normalization: str = "batch_size"
     ignore_label: Optional[int] = None
     check_finite: bool = True
+    spellings: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    NORMALIZATIONS = ("batch_size", "full", "valid", "none")
+    ALIASES = {}
+    EXTRA_KEYS = ()
+    # options of the layer, not of the NumPy loss function
+    LAYER_ONLY = ("normalization", "check_finite", "spellings")
 
     @classmethod
-    def from_param_str(cls, param_str, layer="SigmoidFocalLoss"):
-        raw = params.parse_param_str(
-            layer, param_str,
-            allowed=("gamma", "alpha", "class_weights", "class_balances", "normalization",
-                     "ignore_label", "check_finite"),
-            aliases={"focusing_parameter": "gamma"})
+    def keys(cls):
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "spellings") + cls.EXTRA_KEYS
+
+    @classmethod
+    def from_param_str(cls, param_str, layer=None):
+        layer = layer or cls.LAYER
+        raw, written = params.parse_param_str(layer, param_str, allowed=cls.keys(), aliases=cls.ALIASES,
+                                              spellings=True)
+        options = cls.parse(layer, raw)
+        return cls(**options, spellings=tuple(sorted(written.items())))
+
+    @classmethod
+    def parse(cls, layer, raw):
+        """Check the shared keys of ``raw`` (canonical keys -> values); return the constructor's options."""
+        config = {}
+        if raw.get("class_weights") is not None:
+            config["class_weights"] = params.number_list(layer, "class_weights", raw["class_weights"], low=0.0)
+            params.at_most(layer, "class_weights", config["class_weights"], MAX_CLASS_WEIGHT)
+        if "normalization" in raw:
+            config["normalization"] = params.choice(layer, "normalization", raw["normalization"],
+                                                    cls.NORMALIZATIONS)
+        if "ignore_label" in raw:
+            config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
+        if "check_finite" in raw:
+            config["check_finite"] = params.boolean(layer, "check_finite", raw["check_finite"])
+        return config
+
+    def written(self, key):
+        """The key as the user wrote it (an alias, or the key itself)."""
+        return dict(self.spellings).get(key, key)
+
+    def kernel_options(self):
+        """The options of the NumPy loss function, as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.LAYER_ONLY}
+
+
+@dataclass(frozen=True)
+class _SigmoidConfig(LossConfig):
+    """Options of the element-wise sigmoid losses: targets in [0, 1], so no ignore_label 0 or 1."""
+    NORMALIZATIONS = LossConfig.NORMALIZATIONS + ("positives",)
+
+    @classmethod
+    def parse(cls, layer, raw):
+        config = super().parse(layer, raw)
+        if config.get("ignore_label") in (0, 1):
+            raise ValueError(f"{layer}: 'ignore_label' {config['ignore_label']} is a target value (targets are "
+                             f"in [0, 1]): it would ignore every {'negative' if config['ignore_label'] == 0 else 'positive'}; "
+                             f"use a value outside [0, 1] such as -1")
+        return config
+
+
+def _gamma(layer, key, value):
+    gamma = params.number(layer, key, value, low=0.0)
+    params.at_most(layer, key, gamma, MAX_GAMMA)
+    return gamma
+
+
+@dataclass(frozen=True)
+class FocalConfig(_SigmoidConfig):
+    gamma: float = 2.0
+    alpha: Union[None, float, Tuple[float, ...]] = None
+
+    LAYER = "SigmoidFocalLoss"
+    ALIASES = {"focusing_parameter": "gamma"}
+    EXTRA_KEYS = ("class_balances",)
+
+    @classmethod
+    def parse(cls, layer, raw):
         if "class_weights" in raw and "class_balances" in raw:
             raise ValueError(f"{layer}: 'class_weights' and its alias 'class_balances' are both given; give one")
-        config = {}
+        config = super().parse(layer, raw)
         if "gamma" in raw:
-            config["gamma"] = params.number(layer, "gamma", raw["gamma"], low=0.0)
+            config["gamma"] = _gamma(layer, "gamma", raw["gamma"])
         alpha = raw.get("alpha")
         if alpha is not None:
             config["alpha"] = (params.number(layer, "alpha", alpha, 0.0, 1.0) if params.is_number(alpha)
                                else params.number_list(layer, "alpha", alpha, 0.0, 1.0))
         if raw.get("class_balances") is not None:
             config["class_weights"] = params.class_balances(layer, raw["class_balances"])
-        config.update(_shared_options(layer, raw, SHARED_NORMALIZATIONS + ("positives",)))
-        return cls(**config)
+            params.at_most(layer, "class_balances", config["class_weights"], MAX_CLASS_WEIGHT)
+        return config
+
+    def written(self, key):
+        if key == "class_weights" and "class_balances" in dict(self.spellings):
+            return "class_balances"
+        return super().written(key)
 
 
 @dataclass(frozen=True)
-class SoftmaxConfig:
+class AsymmetricConfig(_SigmoidConfig):
+    gamma_pos: float = 0.0
+    gamma_neg: float = 4.0
+    clip: float = 0.05
+    detach_focal_weight: bool = False
+
+    LAYER = "AsymmetricLoss"
+
+    @classmethod
+    def parse(cls, layer, raw):
+        config = super().parse(layer, raw)
+        for key in ("gamma_pos", "gamma_neg"):
+            if key in raw:
+                config[key] = _gamma(layer, key, raw[key])
+        if "clip" in raw:
+            config["clip"] = params.number(layer, "clip", raw["clip"], 0.0, 1.0, high_open=True)
+        if "detach_focal_weight" in raw:
+            config["detach_focal_weight"] = params.boolean(layer, "detach_focal_weight", raw["detach_focal_weight"])
+        return config
+
+
+@dataclass(frozen=True)
+class SoftmaxConfig(LossConfig):
     axis: int = 1
     target_normalization: str = "count"
     label_smoothing: float = 0.0
     loss: str = "cross_entropy"
-    class_weights: Optional[Tuple[float, ...]] = None
-    normalization: str = "batch_size"
-    ignore_label: Optional[int] = None
-    check_finite: bool = True
+
+    LAYER = "MultiLabelSoftmaxLoss"
 
     @classmethod
-    def from_param_str(cls, param_str, layer="MultiLabelSoftmaxLoss"):
-        raw = params.parse_param_str(
-            layer, param_str,
-            allowed=("axis", "target_normalization", "label_smoothing", "loss", "class_weights",
-                     "normalization", "ignore_label", "check_finite"))
-        config = {}
+    def parse(cls, layer, raw):
+        config = super().parse(layer, raw)
         if "axis" in raw:
             axis = params.optional_integer(layer, "axis", raw["axis"])
             if axis is None:
@@ -83,5 +176,46 @@ class SoftmaxConfig:
                                                       0.0, 1.0, high_open=True)
         if "loss" in raw:
             config["loss"] = params.choice(layer, "loss", raw["loss"], ("cross_entropy", "kl"))
-        config.update(_shared_options(layer, raw, SHARED_NORMALIZATIONS))
+        return config
+
+
+METRICS = ("mAP", "micro_f1", "macro_f1", "precision@k", "recall@k")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Options of ``MultiLabelMetrics`` (not a loss: none of the shared loss options)."""
+    activation: str = "sigmoid"
+    metrics: Tuple[str, ...] = ("mAP",)
+    threshold: Union[float, str] = 0.5    # one number, or the path of a thresholds JSON file
+    k: int = 1
+    ignore_label: Optional[int] = None
+
+    LAYER = "MultiLabelMetrics"
+
+    @classmethod
+    def from_param_str(cls, param_str, layer=None):
+        layer = layer or cls.LAYER
+        raw = params.parse_param_str(layer, param_str,
+                                     allowed=("activation", "metrics", "threshold", "k", "ignore_label"))
+        config = {}
+        if "activation" in raw:
+            config["activation"] = params.choice(layer, "activation", raw["activation"], ACTIVATIONS)
+        if "metrics" in raw:
+            chosen = raw["metrics"]
+            if (not isinstance(chosen, list) or not chosen
+                    or not all(isinstance(name, str) and name in METRICS for name in chosen)):
+                raise ValueError(f"{layer}: 'metrics' must be a non-empty list chosen from "
+                                 f"{', '.join(map(repr, METRICS))} (got {chosen!r})")
+            config["metrics"] = tuple(chosen)
+        if "threshold" in raw:
+            value = raw["threshold"]
+            config["threshold"] = value if isinstance(value, str) else params.number(layer, "threshold", value)
+        if "k" in raw:
+            k = params.optional_integer(layer, "k", raw["k"])
+            if k is None or k < 1:
+                raise ValueError(f"{layer}: 'k' must be an integer >= 1 (got {raw['k']!r})")
+            config["k"] = k
+        if "ignore_label" in raw:
+            config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
         return cls(**config)

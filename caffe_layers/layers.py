@@ -23,7 +23,7 @@ import caffe
 import numpy as np
 
 from .blocks import as_ncs
-from .config import FocalConfig, SoftmaxConfig
+from .config import AsymmetricConfig, FocalConfig, SoftmaxConfig
 from .focal import sigmoid_focal_loss
 from .multilabel_softmax import is_index_target, multilabel_softmax_loss
 from .params import per_class
@@ -42,12 +42,51 @@ def reported(method):
     return wrapper
 
 
-def _first_index(mask):
+def first_index(mask):
+    """The index tuple of the first True of ``mask``."""
     return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape))
 
 
-class _LossLayer(caffe.Layer):
-    """Shared blob handling: bottoms (scores, targets[, weights]), tops (loss[, probabilities]).
+def describe_bad(values, bad):
+    """``"N are not, the first at index (i, j): v"`` for the True entries of ``bad``."""
+    index = first_index(bad)
+    return f"{int(bad.sum())} are not, the first at index {index}: {float(values[index])!r}"
+
+
+def _sum_is_finite(array):
+    """Whether every element is finite, from one reduction: a NaN or an infinity makes the sum
+    non-finite. A non-finite sum of finite values (overflow) is settled by the exact check."""
+    return math.isfinite(float(np.add.reduce(array, axis=None))) or bool(np.isfinite(array).all())
+
+
+def blob_shapes(bottom, name):
+    """The bottoms' shapes; a blob with no elements is an error here, because Caffe aborts when
+    its (absent) data is touched."""
+    shapes = []
+    for i in range(len(bottom)):
+        shape = tuple(bottom[i].shape)
+        if bottom[i].count == 0:
+            raise ValueError(f"{name}: bottom {i} has shape {shape}, with no elements; a batch needs at "
+                             f"least one sample (N >= 1) and every other axis >= 1")
+        shapes.append(shape)
+    return shapes
+
+
+class LossLayer(caffe.Layer):
+    """The Caffe side of every loss: bottoms (scores, targets[, weights]), tops (loss[, probabilities]).
+
+    A subclass supplies:
+
+    - ``NAME``: the layer's name in prototxt (``python_param { layer: NAME }``);
+    - ``CONFIG``: its ``caffe_layers.config.LossConfig`` subclass, read from ``param_str``;
+    - ``LOSS``: its NumPy function ``LOSS(scores, targets, *, weights, grad_out, prob_out,
+      **config.kernel_options())`` returning sums with ``loss`` and ``valid`` (and ``positives``
+      for ``normalization: positives``);
+    - ``check_shapes(scores_shape, targets_shape, weights_shape)`` (weights_shape None without
+      a third bottom) and ``check_targets(targets, scores_shape)``, raising ``ValueError``;
+    - ``normalizer_count(scores_shape, sums)``: the count the summed loss is divided by.
+
+    ``SigmoidLossLayer`` supplies the last three for element-wise losses of sigmoid scores.
 
     The gradient is computed with the loss in forward when the net trains (phase TRAIN), and on
     demand in backward otherwise, then scaled by ``top[0].diff`` (the loss weight) over the
@@ -55,6 +94,7 @@ class _LossLayer(caffe.Layer):
     """
     NAME = None
     CONFIG = None
+    LOSS = None
 
     @reported
     def setup(self, bottom, top):
@@ -66,25 +106,28 @@ class _LossLayer(caffe.Layer):
         self._grad = None
         self._grad_ready = False
         self._normalizer = 1.0
+        self._loss_weight_checked = False
 
     @reported
     def reshape(self, bottom, top):
-        scores = bottom[0].data
-        if scores.ndim < 2:
-            raise ValueError(f"{self.NAME}: bottom 0 (scores) must be (N, C, ...), got shape {scores.shape}")
-        self.check_shapes(scores.shape, bottom[1].data.shape,
-                          bottom[2].data.shape if len(bottom) == 3 else None)
-        if self._grad is None or self._grad.shape != scores.shape:
-            self._grad = np.empty(scores.shape, dtype=np.float32)
+        shapes = blob_shapes(bottom, self.NAME)
+        scores_shape = shapes[0]
+        if len(scores_shape) < 2:
+            raise ValueError(f"{self.NAME}: bottom 0 (scores) must be (N, C, ...), got shape {scores_shape}")
+        self.check_shapes(scores_shape, shapes[1], shapes[2] if len(shapes) == 3 else None)
+        if self._grad is None or self._grad.shape != scores_shape:
+            self._grad = np.empty(scores_shape, dtype=np.float32)
         self._grad_ready = False
         top[0].reshape()  # a scalar, like Caffe's own loss layers
         if len(top) == 2:
-            top[1].reshape(*scores.shape)
+            top[1].reshape(*scores_shape)
 
     @reported
     def forward(self, bottom, top):
         self._grad_ready = False
         want_grad = self.phase == caffe.TRAIN
+        if want_grad and not self._loss_weight_checked:
+            self._warn_without_loss_weight(top)
         loss, self._normalizer = self._run(bottom, top, want_grad)
         self._grad_ready = want_grad
         top[0].data[...] = loss / self._normalizer
@@ -100,6 +143,21 @@ class _LossLayer(caffe.Layer):
             if propagate_down[i]:  # targets and weights get no gradient
                 bottom[i].diff[...] = 0
 
+    def _warn_without_loss_weight(self, top):
+        """Caffe sets a loss top's diff to its loss_weight; a Python layer's default weight is 0,
+        and then Caffe skips its backward and the net never learns from it."""
+        self._loss_weight_checked = True
+        if top[0].diff.flat[0] == 0:
+            sys.stderr.write(
+                f"caffe_layers: warning: {self.NAME} (param_str {self.param_str!r}) has no loss_weight, so "
+                f"Caffe does not count its top as a loss and the net will not learn from it; add "
+                f"'loss_weight: 1' to the layer (a Python layer is not a LossLayer)\n")
+            sys.stderr.flush()
+
+    def loss_sums(self, scores, targets, weights, grad_out, prob_out):
+        return self.LOSS(scores, targets, weights=weights, grad_out=grad_out, prob_out=prob_out,
+                         **self.config.kernel_options())
+
     def _run(self, bottom, top, want_grad):
         """Check the data, run the NumPy loss; return (summed loss, normaliser)."""
         scores = bottom[0].data
@@ -108,33 +166,77 @@ class _LossLayer(caffe.Layer):
         self.check_targets(targets, scores.shape)
         if weights is not None:
             self._check_weights(weights)
-        prob_out = top[1].data if top is not None and len(top) == 2 else None
         checking = self.config.check_finite
-        # when checking, non-finite scores get the clear error below rather than NumPy's warnings
+        if checking and not _sum_is_finite(scores):
+            self._raise_non_finite_scores(scores)
+        prob_out = top[1].data if top is not None and len(top) == 2 else None
+        grad_out = self._grad if want_grad else None
+        # when checking, a non-finite result gets the clear error below rather than NumPy's warnings
         with np.errstate(invalid="ignore", over="ignore") if checking else contextlib.nullcontext():
-            sums = self.loss_sums(scores, targets, weights, self._grad if want_grad else None, prob_out)
+            sums = self.loss_sums(scores, targets, weights, grad_out, prob_out)
         if checking and not math.isfinite(sums.loss):
-            self._raise_non_finite(scores)
+            self._raise_overflow(scores, weights, "loss")
+        if checking and grad_out is not None and not _sum_is_finite(grad_out):
+            self._raise_overflow(scores, weights, "gradient")
         return sums.loss, float(max(1.0, self.normalizer_count(scores.shape, sums)))
 
     def _check_weights(self, weights):
         bad = ~(np.isfinite(weights) & (weights >= 0))
         if bad.any():
-            index = _first_index(bad)
-            raise ValueError(f"{self.NAME}: bottom 2 (weights) must be finite and >= 0; "
-                             f"{int(bad.sum())} are not, the first at index {index}: {float(weights[index])!r}")
+            raise ValueError(f"{self.NAME}: bottom 2 (weights) must be finite and >= 0; {describe_bad(weights, bad)}")
 
-    def _raise_non_finite(self, scores):
+    def _raise_non_finite_scores(self, scores):
         bad = ~np.isfinite(scores)
+        index = first_index(bad)
+        raise FloatingPointError(
+            f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, the first at index "
+            f"{index}: {float(scores[index])!r} (set \"check_finite\": false to skip this check)")
+
+    def _raise_overflow(self, scores, weights, what):
+        """The scores are finite but the loss or gradient is not: name what is large enough to overflow."""
+        largest = np.unravel_index(int(np.argmax(np.abs(scores))), scores.shape)
+        given = [name for name, value in (("bottom 2 (weights)", weights),
+                                          ("'class_weights'", self.config.class_weights)) if value is not None]
+        cause = (f"the largest |score| is {float(scores[largest]):.4g} at index {tuple(map(int, largest))}"
+                 + (f"; or {' and '.join(given)} too large?" if given else ""))
+        raise FloatingPointError(f"{self.NAME}: the {what} overflowed float32 although every score is finite: "
+                                 f"{cause} (set \"check_finite\": false to skip this check)")
+
+
+class SigmoidLossLayer(LossLayer):
+    """An element-wise loss of sigmoid scores: targets in [0, 1] of the scores' shape, weights per
+    sample ``(N,)`` or per element, per-class options, and the normalizations of ``_SigmoidConfig``."""
+
+    def check_shapes(self, scores_shape, targets_shape, weights_shape):
+        num_classes = scores_shape[1]
+        if targets_shape != scores_shape:
+            raise ValueError(f"{self.NAME}: bottom 1 (targets) must have the scores' shape {scores_shape}, "
+                             f"got {targets_shape}")
+        if weights_shape is not None and weights_shape not in ((scores_shape[0],), scores_shape):
+            raise ValueError(f"{self.NAME}: bottom 2 (weights) must be ({scores_shape[0]},) or {scores_shape}, "
+                             f"got {weights_shape}")
+        if isinstance(getattr(self.config, "alpha", None), tuple):
+            per_class(self.NAME, "alpha", self.config.alpha, num_classes)
+        per_class(self.NAME, self.config.written("class_weights"), self.config.class_weights, num_classes)
+
+    def check_targets(self, targets, scores_shape):
+        low, high = targets.min(), targets.max()
+        if low >= 0 and high <= 1:
+            return
+        bad = ~((targets >= 0) & (targets <= 1))
+        if self.config.ignore_label is not None:
+            bad &= targets != self.config.ignore_label
         if bad.any():
-            raise FloatingPointError(
-                f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, the first at index "
-                f"{_first_index(bad)}: {float(scores[_first_index(bad)])!r} (set \"check_finite\": false to skip this check)")
-        raise FloatingPointError(f"{self.NAME}: the loss overflowed although all scores are finite; "
-                                 f"are the weights or class_weights too large?")
+            allowed = "in [0, 1]" + ("" if self.config.ignore_label is None
+                                     else f" or the ignore_label {self.config.ignore_label}")
+            raise ValueError(f"{self.NAME}: bottom 1 (targets) must be {allowed}; {describe_bad(targets, bad)}")
+
+    def normalizer_count(self, scores_shape, sums):
+        return {"batch_size": scores_shape[0], "full": math.prod(scores_shape), "valid": sums.valid,
+                "none": 1, "positives": sums.positives}[self.config.normalization]
 
 
-class SigmoidFocalLoss(_LossLayer):
+class SigmoidFocalLoss(SigmoidLossLayer):
     """Sigmoid focal loss (Lin et al. 2017); with ``gamma: 0`` sigmoid cross-entropy.
 
     Bottoms:
@@ -154,44 +256,10 @@ class SigmoidFocalLoss(_LossLayer):
     """
     NAME = "SigmoidFocalLoss"
     CONFIG = FocalConfig
-
-    def check_shapes(self, scores_shape, targets_shape, weights_shape):
-        num_classes = scores_shape[1]
-        if targets_shape != scores_shape:
-            raise ValueError(f"{self.NAME}: bottom 1 (targets) must have the scores' shape {scores_shape}, "
-                             f"got {targets_shape}")
-        if weights_shape is not None and weights_shape not in ((scores_shape[0],), scores_shape):
-            raise ValueError(f"{self.NAME}: bottom 2 (weights) must be ({scores_shape[0]},) or {scores_shape}, "
-                             f"got {weights_shape}")
-        if isinstance(self.config.alpha, tuple):
-            per_class(self.NAME, "alpha", self.config.alpha, num_classes)
-        per_class(self.NAME, "class_weights", self.config.class_weights, num_classes)
-
-    def check_targets(self, targets, scores_shape):
-        low, high = targets.min(), targets.max()
-        if low >= 0 and high <= 1:
-            return
-        bad = ~((targets >= 0) & (targets <= 1))
-        if self.config.ignore_label is not None:
-            bad &= targets != self.config.ignore_label
-        if bad.any():
-            index = _first_index(bad)
-            allowed = "in [0, 1]" + ("" if self.config.ignore_label is None
-                                     else f" or the ignore_label {self.config.ignore_label}")
-            raise ValueError(f"{self.NAME}: bottom 1 (targets) must be {allowed}; {int(bad.sum())} are not, "
-                             f"the first at index {index}: {float(targets[index])!r}")
-
-    def loss_sums(self, scores, targets, weights, grad_out, prob_out):
-        c = self.config
-        return sigmoid_focal_loss(scores, targets, c.gamma, c.alpha, c.class_weights, weights,
-                                  c.ignore_label, grad_out, prob_out)
-
-    def normalizer_count(self, scores_shape, sums):
-        return {"batch_size": scores_shape[0], "full": math.prod(scores_shape), "valid": sums.valid,
-                "none": 1, "positives": sums.positives}[self.config.normalization]
+    LOSS = staticmethod(sigmoid_focal_loss)
 
 
-class MultiLabelSoftmaxLoss(_LossLayer):
+class MultiLabelSoftmaxLoss(LossLayer):
     """Softmax cross-entropy over multi-hot or real-valued targets (Mahajan et al. 2018).
 
     Bottoms:
@@ -212,6 +280,7 @@ class MultiLabelSoftmaxLoss(_LossLayer):
     """
     NAME = "MultiLabelSoftmaxLoss"
     CONFIG = SoftmaxConfig
+    LOSS = staticmethod(multilabel_softmax_loss)
 
     def _axis(self, ndim):
         axis = self.config.axis
@@ -240,25 +309,21 @@ class MultiLabelSoftmaxLoss(_LossLayer):
         if not is_index_target(scores_shape, targets.shape, axis):
             if not (targets.min() >= 0 and np.isfinite(targets.max())):
                 bad = ~(np.isfinite(targets) & (targets >= 0))
-                index = _first_index(bad)
                 raise ValueError(f"{self.NAME}: bottom 1 (dense targets) must be finite and >= 0; "
-                                 f"{int(bad.sum())} are not, the first at index {index}: {float(targets[index])!r}")
+                                 f"{describe_bad(targets, bad)}")
             return
         bad = ~((targets >= 0) & (targets < num_classes) & (targets == np.floor(targets)))
         if self.config.ignore_label is not None:
             bad &= targets != self.config.ignore_label
         if bad.any():
-            index = _first_index(bad)
             allowed = f"integers in [0, {num_classes})" + ("" if self.config.ignore_label is None
                                                            else f" or the ignore_label {self.config.ignore_label}")
             raise ValueError(f"{self.NAME}: bottom 1 (class-index targets) must be {allowed}; "
-                             f"{int(bad.sum())} are not, the first at index {index}: {float(targets[index])!r}")
+                             f"{describe_bad(targets, bad)}")
 
     def loss_sums(self, scores, targets, weights, grad_out, prob_out):
-        c = self.config
-        return multilabel_softmax_loss(scores, targets, self._axis(scores.ndim), c.target_normalization,
-                                       c.label_smoothing, c.loss, c.class_weights, weights, c.ignore_label,
-                                       grad_out, prob_out)
+        options = dict(self.config.kernel_options(), axis=self._axis(scores.ndim))
+        return self.LOSS(scores, targets, weights=weights, grad_out=grad_out, prob_out=prob_out, **options)
 
     def normalizer_count(self, scores_shape, sums):
         outer, _, inner = as_ncs(scores_shape, self._axis(len(scores_shape)))

@@ -14,53 +14,13 @@ Caffe averages each top over the ``test_iter`` batches of a test pass, so for mA
 the printed figure is a mean of per-batch values, an estimate of the data-set value (a class
 is ranked only within a batch). The exact figure: ``caffe-layers evaluate`` over the whole set.
 """
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
-
 import caffe
 import numpy as np
 
 from . import metrics as m
-from . import params
-from .decoding import ACTIVATIONS, activate, apply_thresholds, load_thresholds
-from .layers import _first_index, reported
-
-METRICS = ("mAP", "micro_f1", "macro_f1", "precision@k", "recall@k")
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    activation: str = "sigmoid"
-    metrics: Tuple[str, ...] = ("mAP",)
-    threshold: Union[float, str] = 0.5    # one number, or the path of a thresholds JSON file
-    k: int = 1
-    ignore_label: Optional[int] = None
-
-    @classmethod
-    def from_param_str(cls, param_str, layer="MultiLabelMetrics"):
-        raw = params.parse_param_str(layer, param_str,
-                                     allowed=("activation", "metrics", "threshold", "k", "ignore_label"))
-        config = {}
-        if "activation" in raw:
-            config["activation"] = params.choice(layer, "activation", raw["activation"], ACTIVATIONS)
-        if "metrics" in raw:
-            chosen = raw["metrics"]
-            if (not isinstance(chosen, list) or not chosen
-                    or not all(isinstance(name, str) and name in METRICS for name in chosen)):
-                raise ValueError(f"{layer}: 'metrics' must be a non-empty list chosen from "
-                                 f"{', '.join(map(repr, METRICS))} (got {chosen!r})")
-            config["metrics"] = tuple(chosen)
-        if "threshold" in raw:
-            value = raw["threshold"]
-            config["threshold"] = value if isinstance(value, str) else params.number(layer, "threshold", value)
-        if "k" in raw:
-            k = params.optional_integer(layer, "k", raw["k"])
-            if k is None or k < 1:
-                raise ValueError(f"{layer}: 'k' must be an integer >= 1 (got {raw['k']!r})")
-            config["k"] = k
-        if "ignore_label" in raw:
-            config["ignore_label"] = params.optional_integer(layer, "ignore_label", raw["ignore_label"])
-        return cls(**config)
+from .config import MetricsConfig
+from .decoding import activate, apply_thresholds, load_thresholds
+from .layers import blob_shapes, describe_bad, first_index, reported
 
 
 class MultiLabelMetrics(caffe.Layer):
@@ -106,7 +66,7 @@ class MultiLabelMetrics(caffe.Layer):
 
     @reported
     def reshape(self, bottom, top):
-        scores_shape, targets_shape = bottom[0].data.shape, bottom[1].data.shape
+        scores_shape, targets_shape = blob_shapes(bottom, self.NAME)
         if len(scores_shape) != 2:
             raise ValueError(f"{self.NAME}: bottom 0 (scores) must be (N, C), got shape {scores_shape}")
         if targets_shape != scores_shape:
@@ -147,16 +107,15 @@ class MultiLabelMetrics(caffe.Layer):
         """Raise on non-finite scores or targets other than 0, 1, ignore_label; return the valid mask."""
         if not np.isfinite(scores).all():
             bad = ~np.isfinite(scores)
+            index = first_index(bad)
             raise FloatingPointError(f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, "
-                                     f"the first at index {_first_index(bad)}: {float(scores[_first_index(bad)])!r}")
+                                     f"the first at index {index}: {float(scores[index])!r}")
         ignore = self.config.ignore_label
         valid = None if ignore is None else targets != ignore
         bad = (targets != 0) & (targets != 1)
         if valid is not None:
             bad &= valid
         if bad.any():
-            index = _first_index(bad)
             allowed = "0 or 1" + ("" if ignore is None else f" or the ignore_label {ignore}")
-            raise ValueError(f"{self.NAME}: bottom 1 (targets) must be {allowed}; {int(bad.sum())} are not, "
-                             f"the first at index {index}: {float(targets[index])!r}")
+            raise ValueError(f"{self.NAME}: bottom 1 (targets) must be {allowed}; {describe_bad(targets, bad)}")
         return valid

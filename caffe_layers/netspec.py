@@ -35,10 +35,9 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 from google.protobuf.text_encoding import CUnescape
 
-from .config import FocalConfig, SoftmaxConfig
+from .registry import LAYERS, LOSS_LAYERS
 
 MODULE = "caffe_layers"
-LOSS_LAYERS = ("SigmoidFocalLoss", "MultiLabelSoftmaxLoss")
 LOSS_WEIGHT_COMMENT = "# a Python layer is not a LossLayer: without a loss_weight Caffe would not count it as a loss"
 LAYER_KEYS = ("name", "include", "exclude", "propagate_down")
 
@@ -48,16 +47,15 @@ def param_str(options):
     return json.dumps(options, separators=(", ", ": "))
 
 
-def _split(options):
+def python_layer(layer, bottoms, options, ntop=1, loss_weight=None):
+    """A ``caffe_layers`` layer named in ``caffe_layers.registry.LAYERS`` as ``L.Python(...)``.
+
+    options: the layer's param_str keys, checked now by its config class (so a misspelt key
+    raises here), and the Caffe layer keys ``LAYER_KEYS``. loss_weight: for the first top only.
+    """
     layer_args = {key: options.pop(key) for key in LAYER_KEYS if key in options}
-    return layer_args, options
-
-
-def _python(layer, bottoms, options, ntop, loss_weight=None, validate=None):
-    layer_args, options = _split(dict(options))
     text = param_str(options)
-    if validate is not None:
-        validate(text, layer)
+    LAYERS[layer].config.from_param_str(text, layer)
     if loss_weight is not None:
         # the loss top carries the weight; a probabilities top is an output, not a loss
         layer_args["loss_weight"] = loss_weight if ntop == 1 else [loss_weight] + [0] * (ntop - 1)
@@ -65,25 +63,25 @@ def _python(layer, bottoms, options, ntop, loss_weight=None, validate=None):
                     python_param=dict(module=MODULE, layer=layer, param_str=text), **layer_args)
 
 
-def sigmoid_focal_loss(score, label, weights=None, *, gamma=2, loss_weight=1, probabilities=False, **options):
-    """A ``SigmoidFocalLoss`` layer (``gamma=0``: sigmoid cross-entropy).
+def _loss_helper(layer):
+    """The NetSpec helper of a loss layer: ``helper(score, label, weights=None, *, loss_weight=1,
+    probabilities=False, **options)``."""
+    def helper(score, label, weights=None, *, loss_weight=1, probabilities=False, **options):
+        bottoms = (score, label) if weights is None else (score, label, weights)
+        return python_layer(layer, bottoms, options, 2 if probabilities else 1, loss_weight)
+    info = LAYERS[layer]
+    helper.__name__ = helper.__qualname__ = info.netspec_helper
+    helper.__doc__ = (f"A ``{layer}`` layer: {info.summary}.\n\n"
+                      f"    score, label[, weights]: NetSpec tops. options: its param_str keys "
+                      f"({', '.join(info.config.keys() + tuple(info.config.ALIASES))}) and the layer keys "
+                      f"{', '.join(LAYER_KEYS)}.\n    probabilities: add a second top, the probabilities, with "
+                      f"loss_weight 0. Returns the loss top, or ``(loss, probabilities)``.")
+    return helper
 
-    score, label[, weights]: NetSpec tops ``(N, C, ...)``. options: param_str keys (alpha,
-    class_weights, normalization, ignore_label, check_finite) and layer keys (include, ...).
-    probabilities: add a second top, ``sigmoid(score)``, with loss_weight 0.
-    Returns the loss top, or ``(loss, probabilities)``.
-    """
-    bottoms = (score, label) if weights is None else (score, label, weights)
-    return _python("SigmoidFocalLoss", bottoms, dict(gamma=gamma, **options), 2 if probabilities else 1,
-                   loss_weight, FocalConfig.from_param_str)
 
-
-def multilabel_softmax_loss(score, label, weights=None, *, loss_weight=1, probabilities=False, **options):
-    """A ``MultiLabelSoftmaxLoss`` layer; options as ``sigmoid_focal_loss``'s, with this layer's keys
-    (axis, target_normalization, label_smoothing, loss, class_weights, normalization, ...)."""
-    bottoms = (score, label) if weights is None else (score, label, weights)
-    return _python("MultiLabelSoftmaxLoss", bottoms, options, 2 if probabilities else 1,
-                   loss_weight, SoftmaxConfig.from_param_str)
+sigmoid_focal_loss = _loss_helper("SigmoidFocalLoss")
+asymmetric_loss = _loss_helper("AsymmetricLoss")
+multilabel_softmax_loss = _loss_helper("MultiLabelSoftmaxLoss")
 
 
 def multilabel_metrics(score, label, *, metrics=("mAP",), **options):
@@ -93,9 +91,7 @@ def multilabel_metrics(score, label, *, metrics=("mAP",), **options):
     ``include=dict(phase=caffe.TEST)`` to compute them only when the net is tested.
     Returns the top, or a tuple of tops.
     """
-    from .metrics_layer import MetricsConfig
-    return _python("MultiLabelMetrics", (score, label), dict(metrics=list(metrics), **options), len(metrics),
-                   validate=MetricsConfig.from_param_str)
+    return python_layer("MultiLabelMetrics", (score, label), dict(metrics=list(metrics), **options), len(metrics))
 
 
 _PARAM_STR = re.compile(r'^(\s*)param_str: "(.*)"$')

@@ -11,29 +11,19 @@ import math
 import os
 
 
-def parse_param_str(layer, param_str, allowed, aliases=None):
+def parse_param_str(layer, param_str, allowed, aliases=None, spellings=False):
     """Return the ``param_str`` dict with aliases renamed to their canonical keys.
 
     layer: the layer's name, for messages. allowed: the canonical keys. aliases: maps an
     alias to its canonical key (``{"focusing_parameter": "gamma"}``). Empty means ``{}``.
+    A key given twice (``{"gamma": 2, "gamma": 3}``) is an error, as is a key given under two
+    spellings. spellings: also return ``{canonical key: the key as written}``.
     """
     aliases = aliases or {}
     text = (param_str or "").strip()
-    if not text:
-        return {}
-    try:
-        params = json.loads(text)
-    except ValueError:
-        try:
-            params = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as error:
-            raise ValueError(
-                f"{layer}: param_str must be a JSON object or a Python-literal dict "
-                f"(got {text!r}: {error})") from None
-    if not isinstance(params, dict):
-        raise ValueError(f"{layer}: param_str must be a JSON object (got {type(params).__name__}: {text!r})")
     canonical = {}
-    for key, value in params.items():
+    written = {}
+    for key, value in (_read_object(layer, text) if text else {}).items():
         name = aliases.get(key, key)
         if name not in allowed:
             known = sorted(set(allowed) | set(aliases))
@@ -41,7 +31,54 @@ def parse_param_str(layer, param_str, allowed, aliases=None):
         if name in canonical:
             raise ValueError(f"{layer}: {key!r} and another spelling of {name!r} are both given; give one")
         canonical[name] = value
-    return canonical
+        written[name] = key
+    return (canonical, written) if spellings else canonical
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    """A dict from (key, value) pairs; a key given twice is an error, not 'the last one wins'."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _read_object(layer, text):
+    """The dict of a JSON object or a Python-literal dict (``ast.literal_eval``: data, never code)."""
+    try:
+        try:
+            value = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey:
+            raise
+        except ValueError:
+            tree = ast.parse(text, mode="eval").body
+            if isinstance(tree, ast.Dict) and None not in tree.keys:
+                value = _unique_keys((ast.literal_eval(k), ast.literal_eval(v)) for k, v in zip(tree.keys, tree.values))
+            else:
+                value = ast.literal_eval(tree)
+    except _DuplicateKey as error:
+        raise ValueError(f"{layer}: {error.args[0]!r} is given twice in param_str; give it once") from None
+    except (ValueError, SyntaxError, TypeError) as error:
+        raise ValueError(f"{layer}: param_str must be a JSON object or a Python-literal dict "
+                         f"(got {_shorten(text)}: {str(error)[:200]})") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{layer}: param_str is nested too deeply to read ({len(text)} characters); "
+                         f"give a flat JSON object of options") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{layer}: param_str must be a JSON object (got {type(value).__name__}: {_shorten(text)})")
+    return value
+
+
+def _shorten(text, limit=120):
+    """``repr(text)``, cut to ``limit`` characters (a 100k-character param_str is not echoed whole)."""
+    text = repr(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def is_number(value):
@@ -50,8 +87,12 @@ def is_number(value):
 
 def number(layer, key, value, low=None, high=None, low_open=False, high_open=False):
     """A finite float within [low, high] (open ends where asked)."""
-    if not is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{layer}: {key!r} must be a finite number (got {value!r})")
+    try:
+        finite = is_number(value) and math.isfinite(value)  # a 400-digit int overflows here
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{layer}: {key!r} must be a finite number (got {_shorten(value)})")
     value = float(value)
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
@@ -61,6 +102,16 @@ def number(layer, key, value, low=None, high=None, low_open=False, high_open=Fal
         span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
         raise ValueError(f"{layer}: {key!r} must be in {span} (got {value!r})")
     return value
+
+
+def at_most(layer, key, values, high):
+    """Check that a number, or each of a tuple of numbers, is at most ``high``."""
+    for i, value in enumerate(values if isinstance(values, tuple) else (values,)):
+        if value > high:
+            name = f"{key}[{i}]" if isinstance(values, tuple) else key
+            raise ValueError(f"{layer}: {name!r} must be at most {high:g} (got {value!r}): larger values "
+                             f"overflow float32 in the loss or its gradient")
+    return values
 
 
 def choice(layer, key, value, options):
@@ -79,8 +130,12 @@ def optional_integer(layer, key, value):
     """None, or an integer (an integral float like 255.0 is accepted)."""
     if value is None:
         return None
-    if not is_number(value) or not float(value).is_integer():
-        raise ValueError(f"{layer}: {key!r} must be an integer or null (got {value!r})")
+    try:
+        integral = is_number(value) and float(value).is_integer() and abs(value) < 2 ** 63
+    except OverflowError:
+        integral = False
+    if not integral:
+        raise ValueError(f"{layer}: {key!r} must be an integer or null (got {_shorten(value)})")
     return int(value)
 
 
@@ -90,15 +145,23 @@ def number_list(layer, key, value, low=None, high=None):
     A path is read relative to the working directory, so long vectors stay out of prototxt.
     Returns a tuple of floats.
     """
-    if isinstance(value, str):
-        value = read_json_file(layer, key, value)
+    path = value if isinstance(value, str) else None
+    if path is not None:
+        value = read_json_file(layer, key, path)
+    in_file = "" if path is None else f" in the file {path!r}"
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"{layer}: {key!r} must be a non-empty list of numbers or a path to a JSON file "
-                         f"holding one (got {value!r})")
-    return tuple(number(layer, f"{key}[{i}]", item, low, high) for i, item in enumerate(value))
+                         f"holding one (got {_shorten(value)}{in_file})")
+    try:
+        return tuple(number(layer, f"{key}[{i}]", item, low, high) for i, item in enumerate(value))
+    except ValueError as error:
+        raise ValueError(f"{error}{in_file}") from None
 
 
 def read_json_file(layer, key, path):
+    if os.path.isdir(path):
+        raise ValueError(f"{layer}: {key!r} names {path!r}, which is a directory; give a JSON file "
+                         f"holding a list of numbers")
     if not os.path.isfile(path):
         raise ValueError(f"{layer}: {key!r} names the file {path!r}, which does not exist "
                          f"(relative paths are read from {os.getcwd()!r})")

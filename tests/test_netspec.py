@@ -14,11 +14,11 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from caffe_layers import netspec  # noqa: E402
-from caffe_layers.data import DigitsSpec, make_digits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 import make_nets  # noqa: E402
+from digits_data import DigitsSpec, make_digits  # noqa: E402
 
 
 def inputs(n, shape=(4, 3)):
