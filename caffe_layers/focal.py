@@ -15,7 +15,7 @@ computed without cancelling, so ``q^gamma`` and ``q^(gamma - 1)`` stay accurate 
 
 The blob is walked in contiguous blocks (``caffe_layers.blocks``) and each operation writes
 into scratch arrays reused from block to block: about 30 passes over a block that stays in
-cache, one ``exp`` and one ``log`` per element, no temporary of the blob's size.
+cache, one ``exp`` and one ``log1p`` per element, no temporary of the blob's size.
 """
 from collections import namedtuple
 
@@ -35,7 +35,7 @@ def sigmoid(x):
     return np.where(x >= 0, r, e * r)
 
 
-def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=None, weights=None,
+def sigmoid_focal_loss(scores, targets, *, gamma=2.0, alpha=None, class_weights=None, weights=None,
                        ignore_label=None, grad_out=None, prob_out=None):
     """Sum the focal loss over all elements; optionally write its gradient and sigmoid(scores).
 
@@ -46,6 +46,9 @@ def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=Non
     grad_out, prob_out: None or arrays of the scores' shape, written in place with
     ``dloss/dscores`` (not normalised) and ``sigmoid(scores)``.
     Returns ``FocalSums(loss, valid, positives)``.
+
+    The readable float64 form of the same loss is ``caffe_layers.reference.sigmoid_focal_loss``;
+    the tests hold this blocked kernel to it.
     """
     ncs = as_ncs(scores.shape)
     dtype = np.result_type(scores.dtype, np.float32)  # float32 blobs stay float32, float64 stays
@@ -110,20 +113,19 @@ def sigmoid_focal_loss(scores, targets, gamma=2.0, alpha=None, class_weights=Non
 def _focal_block(x, t, gamma, scale, work, grad, prob):
     """Loss sum of one block; writes the gradient into ``grad`` and sigmoid(x) into ``prob``
     when they are not None. scale: None or the elements' weights, broadcastable to the block.
-    work: at least 10 scratch arrays of the block's shape (the first 10 are used)."""
-    e, r, ce, p, h, b0, b1, b2, b3, b4 = work[:10]
-    np.abs(x, out=b0)
-    np.exp(np.negative(b0, out=b0), out=e)       # e = exp(-|x|), in (0, 1]: never overflows
-    u = np.add(e, 1, out=b0)
-    np.divide(1, u, out=r)                       # r = sigmoid(|x|)
-    log1p = np.log(u, out=ce)
-    # log1p(e) = log(u) + (e - (u - 1)) / u to first order, u = fl(1 + e); u - 1 is exact, so
-    # e - (u - 1) is the rounding error of 1 + e (< e, and dividing it by u changes it by < e)
-    np.add(log1p, np.subtract(e, np.subtract(u, 1, out=u), out=u), out=log1p)
-    np.greater_equal(x, 0, out=h)                # h = [x >= 0]
-    np.multiply(np.maximum(e, h, out=p), r, out=p)  # p = sigmoid(x) = r (x >= 0) or e r (x < 0)
-    # ce = softplus(x) - x t = max(x, 0) - x t + log1p(e) = x (h - t) + log1p(e)
-    np.add(np.multiply(np.subtract(h, t, out=b0), x, out=b0), log1p, out=ce)
+    work: at least 10 scratch arrays of the block's shape (the first 10 are used); each is
+    named below by what it holds, and reused once what it held is no longer needed."""
+    e, r, ce, p, is_pos, tmp, one_minus_t, p_neg, p_pos, q = work[:10]
+    np.abs(x, out=tmp)
+    np.exp(np.negative(tmp, out=tmp), out=e)     # e = exp(-|x|), in (0, 1]: never overflows
+    np.divide(1, np.add(e, 1, out=tmp), out=r)   # r = sigmoid(|x|)
+    log1p = np.log1p(e, out=ce)                  # log1p, not log(1 + e): exact for tiny e (x << 0)
+    np.greater_equal(x, 0, out=is_pos)           # [x >= 0] as 0.0 / 1.0
+    # p = sigmoid(x) = r (x >= 0) or e r (x < 0) = max(e, [x >= 0]) r, since e <= 1: one ufunc
+    # pass instead of np.where's temporaries
+    np.multiply(np.maximum(e, is_pos, out=p), r, out=p)
+    # ce = softplus(x) - x t = max(x, 0) - x t + log1p(e) = x ([x >= 0] - t) + log1p(e)
+    np.add(np.multiply(np.subtract(is_pos, t, out=tmp), x, out=tmp), log1p, out=ce)
     if prob is not None:
         np.copyto(prob, p)
     if scale is not None:
@@ -136,33 +138,34 @@ def _focal_block(x, t, gamma, scale, work, grad, prob):
                 np.multiply(grad, scale, out=grad)
         return float(np.add.reduce(ce, axis=None))
 
-    # 1 - p = r (x < 0) or e r (x >= 0), without the cancellation of 1 - p
-    pm = np.multiply(np.maximum(e, np.subtract(1, h, out=b0), out=b0), r, out=b0)
-    t1 = np.subtract(1, t, out=b1)
-    u_ = np.multiply(p, t1, out=b2)              # p (1 - t)
-    v_ = np.multiply(pm, t, out=b3)              # (1 - p) t
-    q = np.add(u_, v_, out=b4)                   # q = 1 - p_t: a sum of two terms >= 0
+    # 1 - p = r (x < 0) or e r (x >= 0) = max(e, [x < 0]) r: no cancellation in 1 - p at saturation
+    one_minus_p = np.multiply(np.maximum(e, np.subtract(1, is_pos, out=tmp), out=tmp), r, out=tmp)
+    np.subtract(1, t, out=one_minus_t)
+    np.multiply(p, one_minus_t, out=p_neg)        # p (1 - t): the negative part of 1 - p_t
+    np.multiply(one_minus_p, t, out=p_pos)        # (1 - p) t: the positive part
+    np.add(p_neg, p_pos, out=q)                   # q = 1 - p_t, a sum of two terms >= 0: no cancellation
     if gamma == 1:
         q_gamma = q
     elif gamma == 2:
-        q_gamma = np.multiply(q, q, out=h)
+        q_gamma = np.multiply(q, q, out=is_pos)   # q * q: a quarter of the time of np.power(q, 2)
     else:
-        q_gamma = np.power(q, gamma, out=h)
+        q_gamma = np.power(q, gamma, out=is_pos)
     loss = float(np.add.reduce(np.multiply(q_gamma, ce, out=r if grad is None else e), axis=None))
     if grad is None:
         return loss
-    # gamma q^(gamma - 1) p (1 - p) (1 - 2t) ce, in e:
-    np.multiply(ce, np.subtract(t1, t, out=t1), out=ce)   # (1 - 2t) ce
-    np.multiply(ce, np.multiply(p, pm, out=pm), out=e)     # p (1 - p) (1 - 2t) ce
+    # gamma q^(gamma - 1) p (1 - p) (1 - 2t) ce, built in e (e and r are no longer needed):
+    np.multiply(ce, np.subtract(one_minus_t, t, out=one_minus_t), out=ce)   # (1 - 2t) ce
+    np.multiply(ce, np.multiply(p, one_minus_p, out=one_minus_p), out=e)    # p (1 - p) (1 - 2t) ce
     if gamma == 2:
         np.multiply(e, q, out=e)
     elif gamma != 1:
-        # q^(gamma - 1) = q^gamma / q; where q = 0 the term's limit is 0 (q^gamma = 0 there)
+        # q^(gamma - 1) = q^gamma / q, one division instead of a second np.power; where q = 0
+        # the term's limit is 0 (q^gamma = 0 there), so q is floored at the smallest normal
         np.multiply(e, np.divide(q_gamma, np.maximum(q, np.finfo(q.dtype).tiny, out=q), out=q), out=e)
     if gamma != 1:
         np.multiply(e, gamma, out=e)
-    # + q^gamma (p - t), p - t = p (1 - t) - (1 - p) t
-    g = np.multiply(np.subtract(u_, v_, out=u_), q_gamma, out=u_)
+    # + q^gamma (p - t), with p - t = p (1 - t) - (1 - p) t: exact at saturation, unlike p - t
+    g = np.multiply(np.subtract(p_neg, p_pos, out=p_neg), q_gamma, out=p_neg)
     if scale is not None:
         np.multiply(g, scale, out=g)
     np.add(g, e, out=grad)

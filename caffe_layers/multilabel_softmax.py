@@ -57,7 +57,7 @@ def is_index_target(scores_shape, targets_shape, axis=1):
     return targets_shape in (without, with_one)
 
 
-def multilabel_softmax_loss(scores, targets, axis=1, target_normalization="count", label_smoothing=0.0,
+def multilabel_softmax_loss(scores, targets, *, axis=1, target_normalization="count", label_smoothing=0.0,
                             loss="cross_entropy", class_weights=None, weights=None, ignore_label=None,
                             grad_out=None, prob_out=None):
     """Sum the loss over all positions; optionally write its gradient and the softmax.
