@@ -91,7 +91,9 @@ def multilabel_softmax_loss(scores, targets, *, axis=1, target_normalization="co
 
     full = Scratch(dtype)            # (n, C, s) arrays: e, z (when shifted), two for dense targets
     flags = Scratch(np.bool_)        # (n, C, s): where dense targets are non-zero
-    per_position = Scratch(dtype)    # (n, 1, s) arrays
+    # (n, 1, s) arrays; in float64 for target_normalization "sum", where 1 / sum(t') of tiny
+    # float32 targets (1e-40) would overflow float32 although every q = t' / sum(t') is <= 1
+    per_position = Scratch(np.float64 if target_normalization == "sum" else dtype)
     total = 0.0
     valid = 0
     for n, s in block_slices(ncs):
