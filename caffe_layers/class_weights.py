@@ -16,8 +16,11 @@ The output file is a plain JSON list, which ``"class_weights": "file.json"`` and
 ``"alpha": "file.json"`` in a loss layer's ``param_str`` read as is.
 """
 import json
+import math
 
 import numpy as np
+
+from . import files
 
 METHODS = ("inverse_frequency", "effective_number")
 KINDS = ("class_weights", "alpha")
@@ -81,7 +84,9 @@ def class_weights(positives, valid, method="inverse_frequency", beta=0.999, kind
 
 
 def save_weights(path, weights):
-    """Write a plain JSON list of floats."""
-    with open(path, "w") as handle:
-        json.dump([round(float(w), 8) for w in weights], handle)
-        handle.write("\n")
+    """Write a plain JSON list of floats, atomically; refuses non-finite weights."""
+    values = [round(float(w), 8) for w in np.ravel(weights)]
+    bad = [i for i, w in enumerate(values) if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weight {bad[0]} is {values[bad[0]]}: weights must be finite numbers")
+    files.write_text(path, json.dumps(values) + "\n")

@@ -8,13 +8,26 @@
 
 Data sets are HDF5 files (``.h5``, ``.hdf5``) or NumPy ``.npz`` files holding the inputs under
 ``--data-key`` (default "data", shape ``(N, ...)`` as the net's input blob) and the multi-hot
-labels under ``--label-key`` (default "label", ``(N, C)``). Bad input prints one line,
-``caffe-layers COMMAND: error: ...``, on stderr and exits with status 2.
+labels under ``--label-key`` (default "label", ``(N, C)``).
+
+Checked before anything is written (each mistake prints one line, ``caffe-layers COMMAND: error:
+...``, on stderr and exits with status 2): the prototxt (layer types this Caffe knows, bottoms
+made by an earlier layer), the net as Caffe builds it (in a child process, so that a Caffe abort
+becomes a message), the weights against the net (every layer with parameters present, with
+Caffe's shapes), the data (keys, shapes, finite values, 0/1 labels), the options (finite
+thresholds, no contradictory options), and the outputs (never an input; written to a temporary
+file and renamed into place). When the output blob is made by a ``Sigmoid`` or ``Softmax``
+layer, the scores are already probabilities: ``--activation`` defaults to none and says so.
+The full reference: docs/tool.md.
 """
 import argparse
 import csv
+import difflib
+import io
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -22,18 +35,45 @@ import numpy as np
 
 from . import class_weights as cw
 from . import decoding
+from . import files
 from . import metrics
+
+PYCAFFE_FIX = ("run `make setup` in the caffe-layers checkout (it builds Caffe into .venv), or put an "
+               "existing build's python folder on the path: PYTHONPATH=/path/to/caffe/python")
+TOOLS_FIX = "pip install 'caffe-layers[tools]'"
+TOOLS_MODULES = {"h5py": "h5py", "sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm",
+                 "scipy": "scipy"}
+SQUASHING = {"Sigmoid": "sigmoid", "Softmax": "softmax"}   # layer types whose top holds probabilities
+DEFAULT_THRESHOLD = 0.5
+MASS_SUM_TOLERANCE = 1e-3
 
 
 class UsageError(ValueError):
     """Bad input: reported as one line, exit status 2."""
 
 
+def _note(args, message):
+    sys.stderr.write(f"caffe-layers {args.command}: note: {message}\n")
+
+
+def _missing_module_message(error):
+    """One line for a missing dependency, or None if ``error`` is about another module."""
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    if name == "caffe":
+        return f"pycaffe is not importable ({error}); {PYCAFFE_FIX}"
+    if name in TOOLS_MODULES:
+        return (f"this command needs the tools extra, and {TOOLS_MODULES[name]} is not installed ({error}); "
+                f"{TOOLS_FIX}")
+    return None
+
+
 # ---------------------------------------------------------------- data
 
 def _existing(path, what):
     if not os.path.isfile(path):
-        raise UsageError(f"{what} {path!r} does not exist")
+        where = "" if os.path.isabs(path) else f" (relative paths are read from {os.getcwd()!r})"
+        kind = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"{what} {path!r} {kind}{where}")
     return path
 
 
@@ -42,23 +82,30 @@ class Dataset:
 
     def __init__(self, path, data_key, label_key, need_data=True, need_labels=True):
         _existing(path, "data file")
+        self.path, self.data_key, self.label_key = path, data_key, label_key
         if path.endswith(".npz"):
             try:
-                self._file = np.load(path)
-            except (OSError, ValueError) as error:
+                self._file = np.load(path, allow_pickle=False)
+                self._keys = list(self._file.files)
+            except (OSError, ValueError, EOFError) as error:
                 raise UsageError(f"data file {path!r} is not a readable .npz file: {error}") from None
         elif path.endswith((".h5", ".hdf5")):
-            import h5py
+            h5py = _import_tool("h5py")
             try:
                 self._file = h5py.File(path, "r")
             except OSError as error:
                 raise UsageError(f"data file {path!r} is not a readable HDF5 file: {error}") from None
+            self._keys = list(self._file)
         else:
             raise UsageError(f"data file {path!r} must be HDF5 (.h5, .hdf5) or NumPy .npz")
-        self.path = path
-        self.data = self._get(data_key, "--data-key") if need_data else None
-        self.labels = np.asarray(self._get(label_key, "--label-key")) if need_labels else None
-        self.data_key, self.label_key = data_key, label_key
+        self.data = self._get(data_key, "--data-key", "(N, ...) inputs") if need_data else None
+        self.labels = None
+        if need_labels:
+            labels = self._get(label_key, "--label-key", "(N, C) multi-hot labels")
+            if labels.ndim != 2:
+                raise UsageError(f"data file {path!r}: {label_key!r} must be (N, C) multi-hot labels, "
+                                 f"got shape {tuple(labels.shape)}")
+            self.labels = np.asarray(labels)
         size = len(self.data) if need_data else len(self.labels)
         if size == 0:
             raise UsageError(f"data file {path!r} is empty: "
@@ -66,15 +113,24 @@ class Dataset:
         if need_data and need_labels and len(self.labels) != len(self.data):
             raise UsageError(f"data file {path!r}: {label_key!r} has {len(self.labels)} rows but "
                              f"{data_key!r} has {len(self.data)}")
-        if need_labels and self.labels.ndim != 2:
-            raise UsageError(f"data file {path!r}: {label_key!r} must be (N, C) multi-hot labels, "
-                             f"got shape {self.labels.shape}")
 
-    def _get(self, key, option):
-        if key not in self._file:
-            raise UsageError(f"data file {self.path!r} has no {key!r} (it has: {', '.join(sorted(self._file))}); "
+    def _get(self, key, option, what):
+        if key not in self._keys:
+            raise UsageError(f"data file {self.path!r} has no {key!r} (it has: {', '.join(sorted(self._keys))}); "
                              f"set {option}")
-        return self._file[key]
+        try:
+            array = self._file[key]
+        except ValueError as error:           # an object array in an .npz (pickles are not loaded)
+            raise UsageError(f"data file {self.path!r}: {key!r} cannot be read as numbers: {error}") from None
+        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            raise UsageError(f"data file {self.path!r}: {key!r} is a group, not a data set of {what}")
+        if len(array.shape) == 0:
+            raise UsageError(f"data file {self.path!r}: {key!r} is a scalar (shape ()), expected {what}; "
+                             f"store one row per sample")
+        if array.dtype.kind not in "biuf":
+            raise UsageError(f"data file {self.path!r}: {key!r} holds {array.dtype} values, expected numbers "
+                             f"({what})")
+        return array
 
     def __len__(self):
         return len(self.data) if self.data is not None else len(self.labels)
@@ -88,119 +144,317 @@ class Dataset:
         valid = None if ignore_label is None else self.labels != ignore_label
         return valid, self.labels == 1
 
+    def batch(self, start, stop):
+        """Inputs ``[start, stop)`` as float32; refuses non-finite values, naming the sample."""
+        batch = np.asarray(self.data[start:stop], dtype=np.float32)
+        finite = np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            value = batch[i][~np.isfinite(batch[i])].flat[0]
+            raise UsageError(f"data file {self.path!r}: {self.data_key!r} holds a non-finite value ({value}) in "
+                             f"sample {start + i}; clean or drop that sample")
+        return batch
+
+
+def _import_tool(name):
+    try:
+        return __import__(name)
+    except ImportError as error:
+        raise UsageError(_missing_module_message(error) or f"cannot import {name}: {error}") from None
+
 
 # ---------------------------------------------------------------- the net
 
 def _import_caffe():
     os.environ.setdefault("GLOG_minloglevel", "2")  # keep Caffe's net-building log off the terminal
-    import caffe
+    try:
+        import caffe
+        from caffe.proto import caffe_pb2  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"pycaffe is not importable ({error}); {PYCAFFE_FIX}") from None
     return caffe
 
 
-def _set_mode(caffe, gpu):
-    if gpu is None:
-        caffe.set_mode_cpu()
-        return
-    # a CPU-only Caffe aborts the process on set_device: try it in a child first
-    probe = subprocess.run([sys.executable, "-c", f"import caffe; caffe.set_device({gpu}); caffe.set_mode_gpu()"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise UsageError(f"--gpu {gpu}: this Caffe cannot use GPU {gpu} (a CPU-only build, or no such device)")
-    caffe.set_device(gpu)
-    caffe.set_mode_gpu()
+def _rule_met(rule, phase, level, stages):
+    """Caffe's ``Net::StateMeetsRule``."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    return all(s in stages for s in rule.stage) and not any(s in stages for s in rule.not_stage)
 
 
-def load_net(args):
-    """The deploy net with weights; returns (net, input blob name, output blob name)."""
-    _existing(args.model, "--model")
-    _existing(args.weights, "--weights")
-    caffe = _import_caffe()
+def check_prototxt(caffe, path, option="--model"):
+    """Check a net prototxt as Caffe reads it in the TEST phase; raise ``UsageError`` where Caffe would abort.
+
+    Parsed with ``caffe_pb2``; layers are filtered by their include/exclude rules (Caffe's
+    ``FilterNet``); each layer's type must be one this Caffe knows (``caffe.layer_type_list()``)
+    and each bottom must be a top of an earlier layer (or a legacy ``input``).
+    """
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
-    with open(args.model) as handle:
-        try:  # a malformed prototxt would abort Caffe itself: parse it here first
-            text_format.Merge(handle.read(), caffe_pb2.NetParameter())
-        except text_format.ParseError as error:
-            raise UsageError(f"--model {args.model!r} is not a valid net prototxt: {error}") from None
-    _set_mode(caffe, args.gpu)
-    net = caffe.Net(args.model, caffe.TEST)
-    _check_weights(caffe_pb2, net, args.weights)
-    net.copy_from(args.weights)
+    with open(path) as handle:
+        text = handle.read()
+    param = caffe_pb2.NetParameter()
+    try:  # a malformed prototxt would abort Caffe itself: parse it here first
+        text_format.Merge(text, param)
+    except text_format.ParseError as error:
+        raise UsageError(f"{option} {path!r} is not a valid net prototxt: {error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path!r} is not a text prototxt (a .caffemodel? --model takes the "
+                         f"prototxt, --weights the .caffemodel)") from None
+    layers, legacy = (param.layers, True) if len(param.layers) else (param.layer, False)
+    if not len(layers):
+        raise UsageError(f"{option} {path!r} has no layers; give the deploy prototxt of the net")
+    known = set(caffe.layer_type_list())
+    level, stages = param.state.level, set(param.state.stage)
+    made = list(param.input)
+    for layer in layers:
+        if len(layer.include) and len(layer.exclude):
+            raise UsageError(f"{option} {path!r}: layer {layer.name!r} has both include and exclude rules, which "
+                             f"Caffe refuses; keep one of them")
+        included = not len(layer.include)
+        included = included and not any(_rule_met(r, caffe_pb2.TEST, level, stages) for r in layer.exclude)
+        included = included or any(_rule_met(r, caffe_pb2.TEST, level, stages) for r in layer.include)
+        if not included:
+            continue
+        if not legacy and layer.type not in known:
+            if layer.type == "Python":
+                fix = "this Caffe was built without Python layers; build it with WITH_PYTHON_LAYER (make setup does)"
+            else:
+                close = difflib.get_close_matches(layer.type, known, n=1)
+                fix = f"did you mean {close[0]!r}?" if close else "check the spelling (types are case-sensitive)"
+            raise UsageError(f"{option} {path!r}: layer {layer.name!r} has type {layer.type!r}, which this Caffe "
+                             f"does not know; {fix}")
+        for bottom in layer.bottom:
+            if bottom not in made:
+                have = ", ".join(repr(b) for b in dict.fromkeys(made)) or "none"
+                raise UsageError(f"{option} {path!r}: layer {layer.name!r} takes bottom {bottom!r}, which no earlier "
+                                 f"layer makes (blobs so far: {have}); fix the bottom's name or the layer order")
+        made.extend(layer.top)
+
+
+PROBE = r"""
+import json, os, sys
+sys.path[:] = json.loads(sys.argv[1])
+model, gpu, shapes = sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+def stage(name):
+    sys.stderr.write("\ncaffe-layers-probe-stage: " + name + "\n")
+    sys.stderr.flush()
+import caffe
+stage("gpu")
+if gpu is None:
+    caffe.set_mode_cpu()
+else:
+    caffe.set_device(gpu)
+    caffe.set_mode_gpu()
+try:
+    stage("build")
+    net = caffe.Net(model, caffe.TEST)
+    if len(net.inputs) == 1:
+        blob = net.blobs[net.inputs[0]]
+        for shape in shapes:
+            if tuple(shape[1:]) == tuple(blob.data.shape[1:]):
+                stage("reshape " + json.dumps(shape))
+                blob.reshape(*shape)
+                net.reshape()
+except Exception as error:
+    sys.stderr.write("\ncaffe-layers-probe-error: %s: %s\n" % (type(error).__name__, error))
+    sys.exit(3)
+"""
+FATAL = re.compile(r"^F\d+ [\d:.]+\s+\d+ ([^\]]+)\] (.*)$", re.M)
+
+
+def probe_net(model, gpu=None, shapes=()):
+    """Build the net (and reshape it to the batch ``shapes``) in a child process first.
+
+    Caffe ends the whole process (``LOG(FATAL)``, exit 134) on many mistakes in a net; there it
+    only ends the child, whose log is turned into a ``UsageError`` naming what Caffe said.
+    """
+    env = dict(os.environ, GLOG_minloglevel="2")
+    argv = [sys.executable, "-c", PROBE, json.dumps(sys.path), model, json.dumps(gpu),
+            json.dumps([list(map(int, s)) for s in shapes])]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if result.returncode == 0:
+        return
+    log = result.stderr
+    stages = re.findall(r"^caffe-layers-probe-stage: (.*)$", log, re.M)
+    python_error = re.findall(r"^caffe-layers-probe-error: (.*)$", log, re.M)
+    fatal = FATAL.search(log)
+    said = (python_error[-1] if python_error else
+            f"{fatal.group(2).strip()} ({fatal.group(1)})" if fatal else
+            (log.strip().splitlines() or [f"exit status {result.returncode}"])[-1])
+    stage = stages[-1] if stages else ""
+    if stage == "gpu":
+        raise UsageError(f"--gpu {gpu}: this Caffe cannot use GPU {gpu} (a CPU-only build, or no such device): "
+                         f"{said}; leave out --gpu to run on the CPU")
+    if stage.startswith("reshape"):
+        shape = tuple(json.loads(stage.split(" ", 1)[1]))
+        raise UsageError(f"--model {model!r}: Caffe cannot run this net on a batch of shape {shape}: {said}; "
+                         f"fix the prototxt, or try another --batch-size")
+    if not stages:
+        raise UsageError(f"a child process could not import pycaffe ({said}); {PYCAFFE_FIX}")
+    raise UsageError(f"--model {model!r}: Caffe cannot build this net: {said}; fix the prototxt")
+
+
+def _producer(net, blob):
+    """(layer name, layer type) of the last layer that writes ``blob``, or None."""
+    for name, layer in reversed(list(zip(net._layer_names, net.layers))):
+        if blob in net.top_names[name]:
+            return name, layer.type
+    return None
+
+
+class LoadedNet:
+    """A checked net with its weights: ``net``, ``input``, ``output`` blob names, ``num_classes``,
+    ``activation`` (resolved), ``probabilities`` (the scores after activation are probabilities),
+    and ``detected`` (the squashing layer's (name, type), or None)."""
+
+    def __init__(self, net, input_blob, output_blob, activation, detected):
+        self.net, self.input, self.output = net, input_blob, output_blob
+        self.num_classes = int(net.blobs[output_blob].data.shape[1])
+        self.activation, self.detected = activation, detected
+        self.probabilities = activation in ("sigmoid", "softmax") or detected is not None
+
+    def sample_shape(self):
+        return tuple(self.net.blobs[self.input].data.shape[1:])
+
+
+def load_net(args, sample_shape=None, num_samples=None):
+    """Check and build the deploy net, check and copy the weights, resolve the activation."""
+    caffe = _import_caffe()
+    check_prototxt(caffe, args.model)
+    shapes = []
+    if sample_shape is not None:
+        batch = min(args.batch_size, num_samples)
+        shapes = [(batch, *sample_shape)]
+        if num_samples % batch:
+            shapes.append((num_samples % batch, *sample_shape))
+    probe_net(args.model, args.gpu, shapes)
+    if args.gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(args.gpu)
+        caffe.set_mode_gpu()
+    try:
+        net = caffe.Net(args.model, caffe.TEST)
+    except Exception as error:  # a Python layer's own error: the probe saw the same and reported it
+        raise UsageError(f"--model {args.model!r}: Caffe cannot build this net: {type(error).__name__}: "
+                         f"{error}") from None
     if not net.inputs:
         raise UsageError(f"--model {args.model!r} has no Input layer to feed (write a deploy prototxt)")
+    if len(net.inputs) > 1:
+        raise UsageError(f"--model {args.model!r} has {len(net.inputs)} inputs ({', '.join(net.inputs)}); the tool "
+                         f"feeds one: write a deploy prototxt with a single Input blob")
+    try:
+        from .caffemodel import check_weights
+        check_weights(net, args.weights, "--weights")
+    except ImportError as error:
+        raise UsageError(_missing_module_message(error) or str(error)) from None
+    net.copy_from(args.weights)
     output = args.output_blob or net.outputs[-1]
     if output not in net.blobs:
         raise UsageError(f"--output-blob {output!r} is not a blob of the net (it has: {', '.join(net.blobs)})")
-    return net, net.inputs[0], output
+    shape = net.blobs[output].data.shape
+    if len(shape) != 2:
+        raise UsageError(f"--output-blob {output!r} has shape {tuple(shape)}, expected (N, C) scores; give an "
+                         f"(N, C) blob with --output-blob, or end the net in one (a Flatten layer)")
+    activation, detected = _resolve_activation(args, net, output)
+    return LoadedNet(net, net.inputs[0], output, activation, detected)
 
 
-def _check_weights(caffe_pb2, net, path):
-    """Caffe aborts the process on weights that do not fit the net: compare the shapes here first."""
-    if path.endswith((".h5", ".hdf5")):
-        return  # Caffe's HDF5 weights: left to Caffe
-    from google.protobuf.message import DecodeError
-    trained = caffe_pb2.NetParameter()
-    with open(path, "rb") as handle:
-        try:
-            trained.ParseFromString(handle.read())
-        except DecodeError:
-            raise UsageError(f"--weights {path!r} is not a Caffe model (a binary NetParameter)") from None
-    for layer in trained.layer:
-        if layer.name in net.params and all(blob.HasField("shape") for blob in layer.blobs):
-            theirs = [tuple(blob.shape.dim) for blob in layer.blobs]
-            ours = [tuple(param.data.shape) for param in net.params[layer.name]]
-            if theirs != ours:
-                raise UsageError(f"--weights {path!r}: layer {layer.name!r} has parameters of shapes {theirs} "
-                                 f"but the net's wants {ours}")
+def _resolve_activation(args, net, output):
+    producer = _producer(net, output)
+    if producer is None or producer[1] not in SQUASHING:
+        return args.activation or "sigmoid", None
+    name, kind = producer
+    if args.activation in ("sigmoid", "softmax"):
+        raise UsageError(f"--activation {args.activation}: the output blob {output!r} is made by the {kind} layer "
+                         f"{name!r}, so it already holds probabilities and would be squashed twice; leave out "
+                         f"--activation (or give --activation none), or pick the scores before it with "
+                         f"--output-blob")
+    return "none", producer
 
 
-def run_net(net, input_blob, output_blob, dataset, batch_size, activation, desc):
+def run_net(loaded, dataset, batch_size, desc):
     """Forward the whole data set; return the activated ``(N, C)`` float64 scores."""
-    from tqdm import tqdm
-    want = tuple(net.blobs[input_blob].data.shape[1:])
-    got = tuple(dataset.data.shape[1:])
-    if got != want:
-        raise UsageError(f"data file {dataset.path!r}: {dataset.data_key!r} has samples of shape {got} but the "
-                         f"net's input {input_blob!r} takes {want}")
+    tqdm = _import_tool("tqdm").tqdm
+    net, blob = loaded.net, loaded.net.blobs[loaded.input]
     outputs = []
     with tqdm(total=len(dataset), desc=desc, unit="sample", disable=None) as progress:
         for start in range(0, len(dataset), batch_size):
-            batch = np.asarray(dataset.data[start:start + batch_size], dtype=np.float32)
-            blob = net.blobs[input_blob]
+            batch = dataset.batch(start, start + batch_size)
             if blob.data.shape[0] != len(batch):
                 blob.reshape(*batch.shape)
                 net.reshape()
             blob.data[...] = batch
             net.forward()
-            scores = net.blobs[output_blob].data
-            if scores.ndim != 2:
-                raise UsageError(f"--output-blob {output_blob!r} has shape {scores.shape}, expected (N, C) scores")
-            outputs.append(scores.astype(np.float64))
+            outputs.append(net.blobs[loaded.output].data.astype(np.float64))
             progress.update(len(batch))
-    return decoding.activate(np.concatenate(outputs), activation)
+    scores = np.concatenate(outputs)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise UsageError(f"the net's output {loaded.output!r} is not finite ({scores[row, col]}) for sample {row}, "
+                         f"class {col} ({int(bad.any(axis=1).sum())} samples affected); check the weights (NaN "
+                         f"or huge values) and the scale of the data")
+    return decoding.activate(scores, loaded.activation)
 
 
-def _check_classes(dataset, scores, output_blob):
-    if dataset.labels.shape[1] != scores.shape[1]:
+def _announce_activation(args, loaded):
+    if loaded.detected is not None and args.activation is None:
+        name, kind = loaded.detected
+        _note(args, f"the output blob {loaded.output!r} is made by the {kind} layer {name!r}: its scores are "
+                    f"probabilities already, so --activation is none")
+
+
+def _check_data_fits(dataset, loaded, need_labels=True):
+    want, got = loaded.sample_shape(), tuple(dataset.data.shape[1:])
+    if got != want:
+        raise UsageError(f"data file {dataset.path!r}: {dataset.data_key!r} has samples of shape {got} but the "
+                         f"net's input {loaded.input!r} takes {want}")
+    if need_labels and dataset.labels.shape[1] != loaded.num_classes:
         raise UsageError(f"data file {dataset.path!r}: {dataset.label_key!r} has {dataset.labels.shape[1]} classes "
-                         f"but the net's output {output_blob!r} has {scores.shape[1]}")
+                         f"but the net's output {loaded.output!r} has {loaded.num_classes}")
 
 
 def _class_names(args, num_classes, from_file=None):
+    """Names from --classes (checked against those of a thresholds file), else the file's, else 0..C-1."""
     if getattr(args, "classes", None):
-        with open(_existing(args.classes, "--classes")) as handle:
+        with open(args.classes, encoding="utf-8") as handle:
             names = [line.strip() for line in handle if line.strip()]
         if len(names) != num_classes:
             raise UsageError(f"--classes {args.classes!r} has {len(names)} names but there are {num_classes} classes")
+        repeated = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+        if repeated:
+            raise UsageError(f"--classes {args.classes!r} names {repeated[0]!r} {names.count(repeated[0])} times; "
+                             f"each class needs its own name")
+        if from_file is not None and list(from_file) != names:
+            c = next(i for i, (a, b) in enumerate(zip(names, from_file)) if a != b)
+            raise UsageError(f"--classes {args.classes!r} and --thresholds {args.thresholds!r} disagree on class "
+                             f"{c} ({names[c]!r} vs {from_file[c]!r}): the thresholds may be in another class "
+                             f"order; calibrate again with these --classes, or leave out --classes")
         return names
-    return from_file or [str(c) for c in range(num_classes)]
+    return list(from_file) if from_file else [str(c) for c in range(num_classes)]
 
 
-def _thresholds(args, num_classes, of):
+def _thresholds(args, loaded):
     """(thresholds: float or (C,), names from the file or None) from --thresholds / --threshold."""
     if getattr(args, "thresholds", None):
-        return decoding.load_thresholds(args.thresholds, num_classes, who="--thresholds", of=of)
-    return args.threshold, None
+        return decoding.load_thresholds(args.thresholds, loaded.num_classes, who="--thresholds",
+                                        of=f"the net's output {loaded.output!r}")
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    _check_probability_option(args, loaded, "--threshold", threshold)
+    return threshold, None
+
+
+def _check_probability_option(args, loaded, option, value):
+    if loaded.probabilities and not 0 <= value <= 1:
+        raise UsageError(f"{option} {value}: the scores are probabilities (activation {loaded.activation}"
+                         f"{', from the net' if loaded.detected else ''}), so a threshold outside [0, 1] predicts "
+                         f"{'nothing' if value > 1 else 'every class'}; give a value in [0, 1]")
 
 
 def _fmt(value, digits=3):
@@ -217,17 +471,23 @@ def _table(header, rows):
 
 # ---------------------------------------------------------------- subcommands
 
+def _prepare(args, need_labels=True):
+    """The data set, the net (checked, with weights) and, for labelled data, the label masks."""
+    dataset = Dataset(args.data, args.data_key, args.label_key, need_labels=need_labels)
+    masks = dataset.valid_positive(args.ignore_label) if need_labels else (None, None)
+    loaded = load_net(args, tuple(dataset.data.shape[1:]), len(dataset))
+    _check_data_fits(dataset, loaded, need_labels)
+    return dataset, loaded, masks
+
+
 def cmd_calibrate(args):
-    dataset = Dataset(args.data, args.data_key, args.label_key)
-    net, input_blob, output_blob = load_net(args)
-    scores = run_net(net, input_blob, output_blob, dataset, args.batch_size, args.activation, "calibrate")
-    _check_classes(dataset, scores, output_blob)
-    valid, positive = dataset.valid_positive(args.ignore_label)
-    if args.method == "precision" and args.target_precision is None:
-        raise UsageError("--method precision needs --target-precision P (0 < P <= 1)")
+    dataset, loaded, (valid, positive) = _prepare(args)
+    _check_probability_option(args, loaded, "--default", args.default)
+    names = _class_names(args, loaded.num_classes)
+    scores = run_net(loaded, dataset, args.batch_size, "calibrate")
+    _announce_activation(args, loaded)
     result = decoding.calibrate_thresholds(scores, positive, args.method, args.target_precision, valid,
                                            default=args.default)
-    names = _class_names(args, scores.shape[1])
     method = args.method if args.method == "f1" else f"precision>={args.target_precision}"
     decoding.save_thresholds(args.output, result.thresholds, names if args.classes else None, method)
     support = np.sum(positive if valid is None else positive & valid, axis=0)
@@ -238,14 +498,12 @@ def cmd_calibrate(args):
 
 
 def cmd_evaluate(args):
-    dataset = Dataset(args.data, args.data_key, args.label_key)
-    net, input_blob, output_blob = load_net(args)
-    scores = run_net(net, input_blob, output_blob, dataset, args.batch_size, args.activation, "evaluate")
-    _check_classes(dataset, scores, output_blob)
-    valid, positive = dataset.valid_positive(args.ignore_label)
-    thresholds, file_names = _thresholds(args, scores.shape[1], of=f"the net's output {output_blob!r}")
-    names = _class_names(args, scores.shape[1], file_names)
-    result = metrics.report(scores, positive, decoding.apply_thresholds(scores, thresholds), valid)
+    dataset, loaded, _ = _prepare(args)
+    thresholds, file_names = _thresholds(args, loaded)
+    names = _class_names(args, loaded.num_classes, file_names)
+    scores = run_net(loaded, dataset, args.batch_size, "evaluate")
+    _announce_activation(args, loaded)
+    result = metrics.evaluate(scores, dataset.labels, thresholds, ignore_label=args.ignore_label)
     overall = result["overall"]
     rows = [[names[c], _fmt(result["ap"][c]), _fmt(result["f1"][c]), _fmt(result["precision"][c]),
              _fmt(result["recall"][c]), int(result["support"][c])] for c in range(len(names))]
@@ -254,16 +512,33 @@ def cmd_evaluate(args):
     rows.append(["micro", "", _fmt(overall["micro_f1"]), _fmt(overall["micro_precision"]),
                  _fmt(overall["micro_recall"]), int(result["support"].sum())])
     print(_table(["class", "AP", "F1", "precision", "recall", "support"], rows))
-    where = args.thresholds or f"threshold {args.threshold}"
+    where = args.thresholds or f"threshold {thresholds}"
     print(f"mAP {_fmt(overall['mAP'], 4)} over {int(np.sum(~np.isnan(result['ap'])))} classes with positives; "
           f"F1, precision, recall at {where}; {len(dataset)} samples")
     if args.plot:
+        valid, positive = dataset.valid_positive(args.ignore_label)
         _plot(metrics.pr_curves(scores, positive, valid), names, result["ap"], overall["mAP"], args.plot)
         print(f"wrote the precision-recall plot to {args.plot}")
 
 
+def _plot_format(path):
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    return ext or "png"
+
+
+def _check_plot_path(path):
+    """The plot's format (from its extension; none: png) must be one matplotlib writes."""
+    _import_tool("matplotlib")
+    from matplotlib.backend_bases import FigureCanvasBase
+    fmt = _plot_format(path)
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise UsageError(f"--plot {path!r}: matplotlib cannot write .{fmt} files; end the name in one of "
+                         f"{', '.join('.' + f for f in sorted(supported))}")
+
+
 def _plot(curves, names, ap, mean_ap, path):
-    import matplotlib
+    matplotlib = _import_tool("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(6, 5))
@@ -277,40 +552,75 @@ def _plot(curves, names, ap, mean_ap, path):
              title=f"Precision-recall (mAP {_fmt(mean_ap)})")
     axes.legend(loc="lower left", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with files.atomic_output(path) as temp:
+            figure.savefig(temp, dpi=100, format=_plot_format(path))
+    finally:
+        plt.close(figure)
+
+
+def _join(values):
+    """A list as one CSV field: its items joined by ';' with the csv module's quoting (read back
+    with ``next(csv.reader([field], delimiter=';'))``)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=";", lineterminator="").writerow(values)
+    return buffer.getvalue()
 
 
 def cmd_predict(args):
-    dataset = Dataset(args.data, args.data_key, args.label_key, need_labels=False)
-    net, input_blob, output_blob = load_net(args)
-    scores = run_net(net, input_blob, output_blob, dataset, args.batch_size, args.activation, "predict")
-    file_names = None
+    dataset, loaded, _ = _prepare(args, need_labels=False)
+    file_names = thresholds = None
+    if args.top_k is not None:
+        if args.top_k > loaded.num_classes:
+            raise UsageError(f"--top-k {args.top_k}: the net's output {loaded.output!r} has only "
+                             f"{loaded.num_classes} classes")
+    elif args.mass is None:
+        thresholds, file_names = _thresholds(args, loaded)
+    if args.max_count is not None and args.max_count > loaded.num_classes:
+        raise UsageError(f"--max-count {args.max_count}: the net's output {loaded.output!r} has only "
+                         f"{loaded.num_classes} classes")
+    names = _class_names(args, loaded.num_classes, file_names)
+    scores = run_net(loaded, dataset, args.batch_size, "predict")
+    _announce_activation(args, loaded)
     if args.top_k is not None:
         mask, rule = decoding.top_k_mask(scores, args.top_k), f"top {args.top_k}"
     elif args.mass is not None:
-        mask = decoding.cumulative_mass_mask(scores, args.mass, args.min_count, args.max_count)
+        sums = scores.sum(axis=1)
+        off = np.flatnonzero(np.abs(sums - 1) > MASS_SUM_TOLERANCE)
+        if off.size:
+            raise UsageError(f"--mass needs probabilities that sum to 1 for each sample, but sample {off[0]}'s sum "
+                             f"to {sums[off[0]]:.4g} (activation {loaded.activation}); give --activation softmax "
+                             f"(or a net that ends in Softmax), or decode with --threshold or --top-k")
+        mask = decoding.cumulative_mass_mask(scores, args.mass, 1 if args.min_count is None else args.min_count,
+                                             args.max_count)
         rule = f"cumulative mass {args.mass}"
     else:
-        thresholds, file_names = _thresholds(args, scores.shape[1], of=f"the net's output {output_blob!r}")
-        mask, rule = decoding.apply_thresholds(scores, thresholds), args.thresholds or f"threshold {args.threshold}"
-    names = _class_names(args, scores.shape[1], file_names)
-    fmt = args.format or ("csv" if args.output.endswith(".csv") else "jsonl")
-    with open(args.output, "w", newline="") as handle:
+        mask, rule = decoding.apply_thresholds(scores, thresholds), args.thresholds or f"threshold {thresholds}"
+    fmt = _output_format(args)
+    named = bool(args.classes or file_names)
+    with files.atomic_output(args.output) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle) if fmt == "csv" else None
         if writer:
             writer.writerow(["index", "labels", "scores"])
         for i, chosen in enumerate(decoding.label_sets(mask)):
             chosen = sorted(chosen, key=lambda c: -scores[i, c])       # best first
-            labels = [names[c] if args.classes or file_names else c for c in chosen]
+            labels = [names[c] if named else c for c in chosen]
             values = [round(float(scores[i, c]), 6) for c in chosen]
             if writer:
-                writer.writerow([i, ";".join(map(str, labels)), ";".join(map(str, values))])
+                writer.writerow([i, _join(labels), _join(values)])
             else:
                 handle.write(json.dumps({"index": i, "labels": labels, "scores": values}) + "\n")
     sizes = mask.sum(axis=1)
     print(f"wrote {len(dataset)} label sets ({rule}; {sizes.mean():.2f} labels on average, "
           f"{int((sizes == 0).sum())} empty) to {args.output} as {fmt}")
+
+
+def _output_format(args):
+    by_name = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(os.path.splitext(args.output)[1].lower())
+    if args.format and by_name and args.format != by_name:
+        raise UsageError(f"--format {args.format} contradicts -o {args.output!r}, a .{by_name} name; change one "
+                         f"of them")
+    return args.format or by_name or "jsonl"
 
 
 def cmd_class_weights(args):
@@ -319,45 +629,72 @@ def cmd_class_weights(args):
         positives, valid = cw.label_counts(dataset.labels, args.ignore_label)
     except ValueError as error:
         raise UsageError(f"data file {args.data!r}: {args.label_key!r}: {error}") from None
-    weights = cw.class_weights(positives, valid, args.method, args.beta, args.kind, args.min_count)
+    names = _class_names(args, len(positives))
+    beta = 0.999 if args.beta is None else args.beta
+    weights = cw.class_weights(positives, valid, args.method, beta, args.kind, args.min_count)
     cw.save_weights(args.output, weights)
-    names = _class_names(args, len(weights))
     rows = [[names[c], int(positives[c]), int(valid[c]), f"{weights[c]:.4f}"] for c in range(len(weights))]
     print(_table(["class", "positives", "labelled", args.kind], rows))
-    recipe = args.method + (f", beta {args.beta}" if args.method == "effective_number" else "")
+    recipe = args.method + (f", beta {beta}" if args.method == "effective_number" else "")
     print(f"wrote {len(weights)} {args.kind} values ({recipe}) to {args.output}")
 
 
 # ---------------------------------------------------------------- arguments
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the tool's one-line form (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _finite_float(text):
+    """argparse type: a finite number (nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
 
 def _data_args(parser, labels=True):
     parser.add_argument("--data", required=True, help="HDF5 (.h5, .hdf5) or .npz data set")
     parser.add_argument("--data-key", default="data", help="inputs, (N, ...) as the net's input (default: data)")
     if labels:
         parser.add_argument("--label-key", default="label", help="multi-hot labels, (N, C) (default: label)")
-        parser.add_argument("--ignore-label", type=int, help="label entries equal to it are left out")
+        parser.add_argument("--ignore-label", type=int,
+                            help="label entries equal to it are left out (not 0 or 1, the label values)")
     else:
-        parser.set_defaults(label_key="label")
-    parser.add_argument("--classes", help="text file of class names, one a line (default: 0..C-1)")
+        parser.set_defaults(label_key="label", ignore_label=None)
+    parser.add_argument("--classes", help="text file of class names, one a line (default: those of the "
+                                          "--thresholds file, else 0..C-1)")
 
 
 def _net_args(parser):
-    parser.add_argument("--model", required=True, help="deploy prototxt (an Input layer feeds the data)")
-    parser.add_argument("--weights", required=True, help="trained .caffemodel")
+    parser.add_argument("--model", required=True, help="deploy prototxt (one Input layer feeds the data)")
+    parser.add_argument("--weights", required=True,
+                        help="trained weights: .caffemodel, or Caffe's HDF5 weights (.h5); every layer of the net "
+                             "with parameters must be in it, with the net's shapes")
     parser.add_argument("--output-blob", help="blob with the (N, C) scores (default: the net's last output)")
-    parser.add_argument("--activation", choices=decoding.ACTIVATIONS, default="sigmoid",
-                        help="applied to the output blob (default: sigmoid; none if the net ends in one)")
+    parser.add_argument("--activation", choices=decoding.ACTIVATIONS, default=None,
+                        help="applied to the output blob. Default: none when the output blob is made by a Sigmoid "
+                             "or Softmax layer (its scores are probabilities already; a note on stderr says so), "
+                             "else sigmoid. sigmoid or softmax on such a blob is an error (squashed twice)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
     parser.add_argument("--gpu", type=int, metavar="ID", help="run on this GPU (default: CPU)")
 
 
 def _decision_args(parser):
     parser.add_argument("--thresholds", metavar="FILE", help="per-class thresholds JSON (from calibrate)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="one threshold for all classes (default: 0.5)")
+    parser.add_argument("--threshold", type=_finite_float, metavar="T",
+                        help=f"one threshold for all classes (default: {DEFAULT_THRESHOLD}); in [0, 1] when the "
+                             f"scores are probabilities")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="caffe-layers", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a trained multi-label Caffe net over an HDF5 or .npz data set, batch by batch.",
         epilog=__doc__.split("\n\n", 1)[1].replace("``", "") + "\nEach command has --help.")
@@ -370,8 +707,10 @@ def build_parser():
     _data_args(p)
     p.add_argument("--method", choices=decoding.CALIBRATION_METHODS, default="f1",
                    help="f1: maximise each class's F1; precision: lowest threshold reaching --target-precision")
-    p.add_argument("--target-precision", type=float, metavar="P", help="for --method precision")
-    p.add_argument("--default", type=float, default=0.5, help="threshold of a class without positives (default: 0.5)")
+    p.add_argument("--target-precision", type=_finite_float, metavar="P",
+                   help="in (0, 1]; only with --method precision, which needs it")
+    p.add_argument("--default", type=_finite_float, default=DEFAULT_THRESHOLD,
+                   help=f"threshold of a class without positives (default: {DEFAULT_THRESHOLD})")
     p.add_argument("-o", "--output", default="thresholds.json", help="(default: thresholds.json)")
     p.set_defaults(run=cmd_calibrate)
 
@@ -382,20 +721,23 @@ def build_parser():
     _data_args(p)
     _decision_args(p)
     p.add_argument("--plot", default="precision_recall.png", metavar="PNG",
-                   help="precision-recall plot (default: precision_recall.png; '' for none)")
+                   help="precision-recall plot; the format follows the extension (default: precision_recall.png; "
+                        "'' for none)")
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("predict", help="label sets for each sample -> JSON lines or CSV",
                             description="Decode each sample's label set and write it: JSON lines "
                                         '{"index": i, "labels": [...], "scores": [...]} or CSV index,labels,scores '
-                                        "(labels and scores joined by ';'), best first.")
+                                        "(each list one field, its items joined by ';' with CSV quoting), best "
+                                        "first. Give at most one of --thresholds, --threshold, --top-k, --mass.")
     _net_args(p)
     _data_args(p, labels=False)
     _decision_args(p)
     p.add_argument("--top-k", type=int, metavar="K", help="the K best classes of each sample")
-    p.add_argument("--mass", type=float, metavar="M",
-                   help="the fewest classes whose probabilities sum to >= M (use --activation softmax)")
-    p.add_argument("--min-count", type=int, default=1, help="with --mass: at least this many (default: 1)")
+    p.add_argument("--mass", type=_finite_float, metavar="M",
+                   help="the fewest classes whose probabilities sum to >= M, M in (0, 1]; the scores must sum to "
+                        "1 (--activation softmax, or a net that ends in Softmax)")
+    p.add_argument("--min-count", type=int, help="with --mass: at least this many (default: 1)")
     p.add_argument("--max-count", type=int, help="with --mass: at most this many (default: all)")
     p.add_argument("--format", choices=("jsonl", "csv"), help="(default: csv for a .csv output, else jsonl)")
     p.add_argument("-o", "--output", default="predictions.jsonl", help="(default: predictions.jsonl)")
@@ -408,7 +750,7 @@ def build_parser():
     p.add_argument("--method", choices=cw.METHODS, default="inverse_frequency",
                    help="inverse_frequency: 1/freq; effective_number: (1-beta)/(1-beta^n) "
                         "(default: inverse_frequency)")
-    p.add_argument("--beta", type=float, default=0.999, help="for effective_number (default: 0.999)")
+    p.add_argument("--beta", type=_finite_float, help="in [0, 1); only with effective_number (default: 0.999)")
     p.add_argument("--kind", choices=cw.KINDS, default="class_weights", help="(default: class_weights)")
     p.add_argument("--min-count", type=int, default=0, help="raise counts below it to it (say 1 for absent classes)")
     p.add_argument("-o", "--output", default="class_weights.json", help="(default: class_weights.json)")
@@ -416,15 +758,66 @@ def build_parser():
     return parser
 
 
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
 def _check_options(args):
-    for option in ("batch_size", "top_k"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be >= 1 (got {value})")
-    chosen = [o for o in ("thresholds", "top_k", "mass") if getattr(args, o, None) is not None]
+    """Option values and combinations (contradictory options are errors); the input files exist;
+    the outputs are writable and are not inputs."""
+    given = lambda name: getattr(args, name, None) is not None  # noqa: E731
+    chosen = [o for o in ("thresholds", "threshold", "top_k", "mass") if given(o)]
     if len(chosen) > 1:
-        given = ", ".join("--" + o.replace("_", "-") for o in chosen)
-        raise UsageError(f"give one of --thresholds, --top-k, --mass (got {given})")
+        raise UsageError(f"give one of --thresholds, --threshold, --top-k, --mass (got {', '.join(map(_option, chosen))})")
+    if args.command == "predict":
+        for option in ("min_count", "max_count"):
+            if given(option) and not given("mass"):
+                raise UsageError(f"{_option(option)} works only with --mass (the cumulative-mass decoding)")
+    if args.command == "calibrate" and given("target_precision") and args.method != "precision":
+        raise UsageError(f"--target-precision works only with --method precision (got --method {args.method})")
+    if args.command == "class-weights" and given("beta") and args.method != "effective_number":
+        raise UsageError(f"--beta works only with --method effective_number (got --method {args.method})")
+
+    for option in ("batch_size", "top_k", "max_count"):
+        if given(option) and getattr(args, option) < 1:
+            raise UsageError(f"{_option(option)} must be >= 1 (got {getattr(args, option)})")
+    if given("gpu") and args.gpu < 0:
+        raise UsageError(f"--gpu must be a device number >= 0 (got {args.gpu})")
+    if given("min_count") and args.min_count < 0:
+        raise UsageError(f"--min-count must be >= 0 (got {args.min_count})")
+    if args.command == "predict" and given("max_count") and args.max_count < (args.min_count or 1):
+        raise UsageError(f"--max-count {args.max_count} is below --min-count {args.min_count or 1}")
+    if given("mass") and not 0 < args.mass <= 1:
+        raise UsageError(f"--mass must be in (0, 1] (got {args.mass})")
+    if args.command == "calibrate" and args.method == "precision":
+        if not given("target_precision"):
+            raise UsageError("--method precision needs --target-precision P (0 < P <= 1)")
+        if not 0 < args.target_precision <= 1:
+            raise UsageError(f"--target-precision must be in (0, 1] (got {args.target_precision})")
+    if given("beta") and not 0 <= args.beta < 1:
+        raise UsageError(f"--beta must be in [0, 1) (got {args.beta})")
+    if given("ignore_label") and args.ignore_label in (0, 1):
+        raise UsageError(f"--ignore-label {args.ignore_label} would leave out every "
+                         f"{'negative' if args.ignore_label == 0 else 'positive'} label; give the value that marks "
+                         f"unknown entries in the data (such as -1 or 255)")
+    if args.command != "class-weights" and args.data_key == args.label_key:
+        raise UsageError(f"--data-key and --label-key both name {args.data_key!r}; the inputs and the labels are "
+                         f"two arrays")
+
+    inputs = {o: getattr(args, o.lstrip("-").replace("-", "_"), None)
+              for o in ("--model", "--weights", "--data", "--thresholds", "--classes")}
+    inputs = {o: p for o, p in inputs.items() if p}
+    for option, path in inputs.items():
+        _existing(path, "data file" if option == "--data" else option)
+    outputs = {"-o": getattr(args, "output", None), "--plot": getattr(args, "plot", None)}
+    outputs = {o: p for o, p in outputs.items() if p}
+    for option, path in outputs.items():
+        files.check_output(option, path)
+    files.refuse_overwriting_inputs(outputs, inputs)
+    if "--plot" in outputs:
+        _check_plot_path(outputs["--plot"])
+    if args.command == "predict":
+        _output_format(args)
 
 
 def main(argv=None):
@@ -435,6 +828,15 @@ def main(argv=None):
     except (ValueError, OSError) as error:   # UsageError, and the checks of the NumPy helpers
         sys.stderr.write(f"caffe-layers {args.command}: error: {error}\n")
         return 2
+    except ImportError as error:
+        message = _missing_module_message(error)
+        if message is None:
+            raise
+        sys.stderr.write(f"caffe-layers {args.command}: error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"caffe-layers {args.command}: interrupted; no output file was changed\n")
+        return 130
     return 0
 
 

@@ -23,6 +23,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import files
 from .focal import sigmoid
 from .multilabel_softmax import softmax
 
@@ -63,6 +64,8 @@ def calibrate_thresholds(scores, positive, method="f1", target_precision=None, v
         raise ValueError(f"method must be one of {', '.join(CALIBRATION_METHODS)} (got {method!r})")
     if method == "precision" and not (target_precision is not None and 0 < target_precision <= 1):
         raise ValueError(f"method 'precision' needs a target precision in (0, 1] (got {target_precision!r})")
+    if not math.isfinite(default):
+        raise ValueError(f"default threshold must be a finite number (got {default!r})")
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive, bool)
     valid = np.ones(positive.shape, bool) if valid is None else np.asarray(valid, bool)
@@ -138,15 +141,18 @@ def label_sets(mask):
 
 
 def save_thresholds(path, thresholds, classes=None, method=None):
-    """Write the thresholds JSON file (format in this module's docstring)."""
-    data = {"thresholds": [float(t) for t in thresholds]}
+    """Write the thresholds JSON file (format in this module's docstring), atomically.
+
+    Refuses non-finite thresholds, which ``load_thresholds`` would refuse to read back."""
+    data = {"thresholds": [float(t) for t in np.ravel(thresholds)]}
+    bad = [i for i, t in enumerate(data["thresholds"]) if not math.isfinite(t)]
+    if bad:
+        raise ValueError(f"threshold {bad[0]} is {data['thresholds'][bad[0]]}: thresholds must be finite numbers")
     if classes is not None:
         data["classes"] = list(classes)
     if method is not None:
         data["method"] = method
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
+    files.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_thresholds(path, num_classes, who="thresholds", of="the scores"):

@@ -7,15 +7,20 @@ An entry that is not valid is left out of every count, as if that sample had no 
 Batch metrics (used by the ``MultiLabelMetrics`` layer, vectorised over classes):
   ``average_precision``  scikit-learn's ``average_precision_score``, one value per class;
   ``f1_counts`` + ``micro_f1`` / ``macro_f1``;  ``precision_recall_at_k``.
-Data-set metrics: ``report`` and ``pr_curves`` call scikit-learn (imported there only) class by class.
+Data-set metrics: ``report`` and ``pr_curves`` call scikit-learn (imported there only) class by class;
+``evaluate`` checks scores, labels and thresholds and returns the figures ``caffe-layers evaluate``
+prints (the tool and the demo both use it).
 
 Undefined values are NaN: the AP of a class without positives, the F1 of a class with neither
 positives nor predictions (scikit-learn's ``zero_division=np.nan``); means leave them out.
 """
+import math
 import warnings
 
 import numpy as np
-from .decoding import top_k_mask
+
+from .class_weights import label_counts
+from .decoding import apply_thresholds, top_k_mask
 
 
 def all_valid(positive, valid):
@@ -134,6 +139,45 @@ def report(scores, positive, predicted, valid=None):
         "macro_precision": nan_mean(out["precision"]), "macro_recall": nan_mean(out["recall"]),
         "macro_f1": nan_mean(out["f1"]),
     }
+    return out
+
+
+def evaluate(scores, labels, thresholds=0.5, *, ignore_label=None):
+    """The figures of ``caffe-layers evaluate`` for ``(N, C)`` scores and multi-hot labels.
+
+    ``scores``: finite, higher means more likely (the tool passes probabilities); ``labels``:
+    ``(N, C)`` of 0, 1 or ``ignore_label`` (entries equal to it are left out; it may not be 0 or
+    1); ``thresholds``: one finite number or ``(C,)``, a class is predicted when its score is >=
+    its threshold. Returns ``report``'s dict (``ap``, ``precision``, ``recall``, ``f1``,
+    ``support``, ``overall``) plus ``thresholds`` ``(C,)``, ``predicted`` (predictions per class,
+    ``(C,)``) and ``num_samples``. Bad input raises ``ValueError`` naming the argument.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (N, C), got shape {scores.shape}")
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels must have the scores' shape {scores.shape}, got {labels.shape}")
+    if not np.isfinite(scores).all():
+        row, col = np.argwhere(~np.isfinite(scores))[0]
+        raise ValueError(f"scores must be finite; scores[{row}, {col}] is {scores[row, col]}")
+    if ignore_label is not None and ignore_label in (0, 1):
+        raise ValueError(f"ignore_label {ignore_label} would leave out every "
+                         f"{'negative' if ignore_label == 0 else 'positive'} label")
+    label_counts(labels, ignore_label)                       # labels are 0, 1 or ignore_label
+    cut = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (scores.shape[1],)) \
+        if np.ndim(thresholds) == 0 or np.shape(thresholds) == (scores.shape[1],) else None
+    if cut is None:
+        raise ValueError(f"thresholds must be one number or one per class ({scores.shape[1]}), "
+                         f"got shape {np.shape(thresholds)}")
+    if not all(math.isfinite(t) for t in cut):
+        raise ValueError(f"thresholds must be finite, got {thresholds!r}")
+    valid = None if ignore_label is None else labels != ignore_label
+    predicted = apply_thresholds(scores, cut)
+    out = report(scores, labels == 1, predicted, valid)
+    out["thresholds"] = np.array(cut)
+    out["predicted"] = np.sum(predicted & all_valid(labels, valid), axis=0)
+    out["num_samples"] = scores.shape[0]
     return out
 
 

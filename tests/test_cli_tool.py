@@ -197,12 +197,12 @@ BAD = [
     (("evaluate", "--model", "broken.prototxt", "--weights", "tiny.caffemodel", "--data", "val.h5"),
      "caffe-layers evaluate: error: --model 'broken.prototxt' is not a valid net prototxt"),
     (("evaluate", "--model", "deploy5.prototxt", "--weights", "tiny.caffemodel", "--data", "val.h5"),
-     "caffe-layers evaluate: error: --weights 'tiny.caffemodel': layer 'fc' has parameters of shapes "
-     "[(4, 8), (4,)] but the net's wants [(5, 8), (5,)]"),
+     "caffe-layers evaluate: error: --weights 'tiny.caffemodel' does not fit the net: layer 'fc' parameter 0 "
+     "has shape (4, 8) in the weights but the net's is (5, 8)"),
     (("evaluate", "--model", "deploy.prototxt", "--weights", "garbage.caffemodel", "--data", "val.h5"),
      "caffe-layers evaluate: error: --weights 'garbage.caffemodel' is not a Caffe model"),
     (("predict", *NET, "--data", "val.h5", "--top-k", "2", "--mass", "0.9"),
-     "caffe-layers predict: error: give one of --thresholds, --top-k, --mass (got --top-k, --mass)"),
+     "caffe-layers predict: error: give one of --thresholds, --threshold, --top-k, --mass (got --top-k, --mass)"),
     (("calibrate", *NET, "--data", "val.h5", "--method", "precision"),
      "caffe-layers calibrate: error: --method precision needs --target-precision P"),
     (("class-weights", "--data", "absent.h5"),
