@@ -6,8 +6,12 @@
 #
 # Environment:
 #   PYTHON            interpreter for .venv (default python3)
+#   REQUIREMENTS      pinned packages for .venv (default requirements.txt; docker/Dockerfile passes
+#                     docker/requirements-py310.txt, its pins for Ubuntu 22.04's Python 3.10)
 #   CAFFE_ROOT        use this built Caffe tree (python/ and build/tools/caffe or bin/caffe) instead
-#   CAFFE_SOURCE_DIR  build this local Caffe source tree instead of Debian's source package
+#   CAFFE_SOURCE_DIR  build this local Caffe source tree instead of the pinned source tarball
+#   CAFFE_SOURCE, CAFFE_SHA256  where to fetch the Caffe source tarball, and its checksum
+#                     (see scripts/build_caffe.sh)
 #   CAFFE_LAYERS_CACHE  where Caffe builds are cached (default ~/.cache/caffe-layers)
 # If PYTHON can already `import caffe`, that Caffe is used and nothing is built.
 set -euo pipefail
@@ -15,17 +19,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
+REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 STEP="start"
 step() { STEP="$1"; echo "==> setup: $1" >&2; }
 trap 'rc=$?; [ $rc -eq 0 ] || echo "setup: FAILED at step \"$STEP\" (exit $rc)" >&2' EXIT
 
-APT_PACKAGES=(
-  build-essential cmake dpkg-dev perl
-  libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libhdf5-dev liblmdb-dev
-  libopenblas-dev libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
-)
-
 step "system packages"
+# the Caffe build's, listed once in build_caffe.sh (docker/Dockerfile installs the same list)
+packages="$(bash "$ROOT/scripts/build_caffe.sh" packages)"
+mapfile -t APT_PACKAGES <<< "$packages"
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -43,9 +45,10 @@ fi
 step "python virtual environment (.venv)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 req_stamp="$VENV/.requirements.sha256"
-req_hash="$(cat "$ROOT/requirements.txt" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+[ -f "$REQUIREMENTS" ] || { echo "setup: REQUIREMENTS=$REQUIREMENTS does not exist" >&2; exit 1; }
+req_hash="$(cat "$REQUIREMENTS" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$req_stamp" 2>/dev/null)" != "$req_hash" ]; then
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
   echo "$req_hash" > "$req_stamp"
 fi
