@@ -228,12 +228,27 @@ def check_prototxt(caffe, path, option="--model"):
                 fix = f"did you mean {close[0]!r}?" if close else "check the spelling (types are case-sensitive)"
             raise UsageError(f"{option} {path!r}: layer {layer.name!r} has type {layer.type!r}, which this Caffe "
                              f"does not know; {fix}")
+        if not legacy and layer.type == "Python":
+            _check_python_layer(option, path, layer)
         for bottom in layer.bottom:
             if bottom not in made:
                 have = ", ".join(repr(b) for b in dict.fromkeys(made)) or "none"
                 raise UsageError(f"{option} {path!r}: layer {layer.name!r} takes bottom {bottom!r}, which no earlier "
                                  f"layer makes (blobs so far: {have}); fix the bottom's name or the layer order")
         made.extend(layer.top)
+
+
+def _check_python_layer(option, path, layer):
+    """A Python layer's module must be importable (Caffe's factory would fail with no message)."""
+    import importlib.util
+    module = layer.python_param.module
+    try:
+        found = bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise UsageError(f"{option} {path!r}: Python layer {layer.name!r} names python_param module {module!r}, "
+                         f"which cannot be imported here; install it or put its folder on PYTHONPATH")
 
 
 PROBE = r"""
@@ -282,6 +297,10 @@ def probe_net(model, gpu=None, shapes=()):
     log = result.stderr
     stages = re.findall(r"^caffe-layers-probe-stage: (.*)$", log, re.M)
     python_error = re.findall(r"^caffe-layers-probe-error: (.*)$", log, re.M)
+    if python_error and "without setting an exception" in python_error[-1]:
+        # a Python layer failed inside Caffe's factory: Python printed the real error first
+        printed = re.findall(r"^(\w+(?:Error|Exception|Warning)\b.*)$", log, re.M)
+        python_error = printed[-1:] or python_error
     fatal = FATAL.search(log)
     said = (python_error[-1] if python_error else
             f"{fatal.group(2).strip()} ({fatal.group(1)})" if fatal else
