@@ -373,6 +373,9 @@ def load_net(args, sample_shape=None, num_samples=None):
     except ImportError as error:
         raise UsageError(_missing_module_message(error) or str(error)) from None
     net.copy_from(args.weights)
+    if not args.output_blob and not net.outputs:
+        raise UsageError(f"--model {args.model!r} leaves no output blob (every top is used by a later layer); "
+                         f"name the (N, C) scores with --output-blob")
     output = args.output_blob or net.outputs[-1]
     if output not in net.blobs:
         raise UsageError(f"--output-blob {output!r} is not a blob of the net (it has: {', '.join(net.blobs)})")

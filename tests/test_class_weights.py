@@ -84,3 +84,13 @@ def test_bad_options():
         cw.class_weights([1], [2], "effective_number", beta=1.0)
     with pytest.raises(ValueError, match="method must be one of inverse_frequency, effective_number"):
         cw.class_weights([1], [2], "sqrt")
+
+
+def test_weights_are_written_whole_and_only_when_finite(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text("earlier")
+    with pytest.raises(ValueError, match="weight 0 is inf: weights must be finite numbers"):
+        cw.save_weights(path, [np.inf, 1.0])
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["w.json"]
+    cw.save_weights(path, [0.5, 1.5])
+    assert json.loads(path.read_text()) == [0.5, 1.5] and [p.name for p in tmp_path.iterdir()] == ["w.json"]

@@ -161,3 +161,16 @@ def test_thresholds_file_round_trip_and_errors(tmp_path):
         decoding.load_thresholds(str(path), 2)
     with pytest.raises(ValueError, match="'missing.json' does not exist"):
         decoding.load_thresholds("missing.json", 2)
+
+
+def test_thresholds_are_written_whole_and_only_when_finite(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("earlier")
+    with pytest.raises(ValueError, match="threshold 1 is nan: thresholds must be finite numbers"):
+        decoding.save_thresholds(path, np.array([0.5, np.nan]))
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["t.json"]
+    decoding.save_thresholds(path, np.array([0.5, 0.25]))
+    assert json.loads(path.read_text()) == {"thresholds": [0.5, 0.25]}
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+    with pytest.raises(ValueError, match=r"default threshold must be a finite number \(got nan\)"):
+        decoding.calibrate_thresholds(np.zeros((2, 1)), np.zeros((2, 1), bool), default=float("nan"))

@@ -153,3 +153,42 @@ def test_pr_curves_cover_classes_with_positives_and_the_pooled_curve():
     assert sorted(k for k in curves if k != "micro") == [0, 1, 3, 4, 6]
     precision, recall = curves["micro"]
     assert recall[0] == 1 and recall[-1] == 0 and precision[-1] == 1
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_evaluate_equals_sklearn_with_per_class_thresholds_and_ignored_entries(seed):
+    """The figures the caffe-layers tool prints: sklearn on the kept entries of each class."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((60, 4))
+    labels = (rng.random((60, 4)) < 0.4).astype(np.float32)
+    labels[rng.random((60, 4)) < 0.1] = -1                      # ignored entries
+    cut = np.array([0.3, 0.5, 0.7, 0.9])
+    got = metrics.evaluate(scores, labels, cut, ignore_label=-1)
+    for c in range(4):
+        kept = labels[:, c] != -1
+        y, s = labels[kept, c] == 1, scores[kept, c]
+        assert got["ap"][c] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+        assert got["f1"][c] == pytest.approx(f1_score(y, s >= cut[c]), abs=1e-9)
+        assert got["precision"][c] == pytest.approx(precision_score(y, s >= cut[c]), abs=1e-9)
+        assert got["recall"][c] == pytest.approx(recall_score(y, s >= cut[c]), abs=1e-9)
+        assert got["support"][c] == y.sum() and got["predicted"][c] == (s >= cut[c]).sum()
+    kept = labels != -1
+    assert got["overall"]["micro_f1"] == pytest.approx(f1_score(labels[kept] == 1, (scores >= cut)[kept]), abs=1e-9)
+    np.testing.assert_array_equal(got["thresholds"], cut)
+    assert got["num_samples"] == 60
+    assert metrics.evaluate(scores, labels.clip(0), 0.5)["thresholds"].tolist() == [0.5] * 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scores=np.full((3, 2), np.nan)), r"scores must be finite; scores\[0, 0\] is nan"),
+    (dict(labels=np.full((3, 3), 1.0)), r"labels must have the scores' shape \(3, 2\), got \(3, 3\)"),
+    (dict(labels=np.full((3, 2), 2.0)), r"labels must be 0 or 1; 6 are not"),
+    (dict(thresholds=float("nan")), "thresholds must be finite"),
+    (dict(thresholds=[0.5, 0.5, 0.5]), r"thresholds must be one number or one per class \(2\), got shape \(3,\)"),
+    (dict(ignore_label=0), "ignore_label 0 would leave out every negative label"),
+])
+def test_evaluate_refuses_bad_input(kwargs, message):
+    args = dict(scores=np.full((3, 2), 0.5), labels=np.ones((3, 2)), thresholds=0.5, ignore_label=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        metrics.evaluate(args["scores"], args["labels"], args["thresholds"], ignore_label=args["ignore_label"])
