@@ -10,12 +10,14 @@
    each loss for a fixed budget: sigmoid cross-entropy (``SigmoidFocalLoss`` with gamma 0), the
    focal loss (gamma 2, alpha 0.75) and the multi-label softmax loss. ``--trainer pycaffe``
    (default) trains with ``examples/train.py``; ``--trainer cli`` with ``caffe train``.
-3. Scores each with the ``caffe-layers`` tool (its ``main``, run in this process; the command
-   lines head RUN/VARIANT/calibrate.txt and evaluate.txt): thresholds calibrated on the validation
-   set (``caffe-layers calibrate``), metrics on the test set (``caffe-layers evaluate``).
-4. Prints one table and writes under ``--out`` (default runs/): results.md, results.json,
-   loss_curves.png, per_class_ap.png, and per variant its snapshots, thresholds.json,
-   evaluate.txt and precision-recall plot.
+3. Scores each with the functions behind the ``caffe-layers`` tool: per-class thresholds
+   calibrated for F1 on the validation set (``decoding.calibrate_thresholds``, what
+   ``caffe-layers calibrate`` runs), then AP, F1, precision and recall on the test set
+   (``metrics.evaluate``, what ``caffe-layers evaluate`` runs).
+4. Prints one table, and the ``caffe-layers evaluate`` command that gives the same figures for
+   a variant; writes under ``--out`` (default runs/): results.md, results.json,
+   loss_curves.png, per_class_ap.png, precision_recall.png, and per variant its snapshots,
+   history, loss plot and thresholds.json.
 
 Deterministic: the data follow one seed, the solvers have ``random_seed``, Caffe runs on the
 CPU with one OpenBLAS thread (``OPENBLAS_NUM_THREADS=1`` unless set). Same machine, same numbers.
@@ -39,9 +41,10 @@ sys.path[:0] = [HERE, ROOT]
 
 import numpy as np  # noqa: E402
 
+import digits_data as digits  # noqa: E402
 import make_nets  # noqa: E402
 import train as pytrain  # noqa: E402
-import digits_data as digits  # noqa: E402
+from caffe_layers.files import atomic_output, write_text  # noqa: E402
 
 RARE = digits.DigitsSpec().rare_digits
 
@@ -63,22 +66,27 @@ def tool(name):
     return path if os.path.exists(path) else name
 
 
-def caffe_layers_tool(argv, log_path):
-    """``caffe-layers ARGV``, run in this process (it is the tool's ``main``); output kept in log_path."""
-    import contextlib
-    import io
-    from caffe_layers import cli
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        status = cli.main(argv)
-    with open(log_path, "w") as handle:
-        handle.write("$ caffe-layers " + " ".join(argv) + "\n" + output.getvalue())
-    if status:
-        sys.exit(f"demo: `caffe-layers {' '.join(argv)}` failed (status {status}):\n{output.getvalue()[-3000:]}")
-    return output.getvalue()
+def evaluate_command(name, net_dir, data_dir, weights, out):
+    """The ``caffe-layers evaluate`` command line that scores variant ``name`` as the table does."""
+    import shlex
+    folder = os.path.join(out, name)
+    argv = [tool("caffe-layers"), "evaluate", "--model", os.path.join(net_dir, f"{name}_deploy.prototxt"),
+            "--weights", weights, "--data", os.path.join(data_dir, "test.h5"),
+            "--thresholds", os.path.join(folder, "thresholds.json"),
+            "--plot", os.path.join(folder, "precision_recall.png")]
+    return " ".join(map(shlex.quote, argv))
 
 
 # ---------------------------------------------------------------- data and nets
+
+def read_json(path):
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
 
 def make_data(out, sizes, log):
     """Make the data unless out/digits already holds the same (sizes and spec recorded in data.json)."""
@@ -86,12 +94,11 @@ def make_data(out, sizes, log):
     stamp = os.path.join(folder, "data.json")
     wanted = {"sizes": list(sizes), "spec": repr(digits.DigitsSpec()),
               "files": [os.path.join(folder, f"{s}.h5") for s in digits.SPLITS]}
-    if os.path.isfile(stamp) and json.load(open(stamp)) == wanted and all(map(os.path.isfile, wanted["files"])):
+    if read_json(stamp) == wanted and all(map(os.path.isfile, wanted["files"])):
         log(f"data: reusing {folder}")
     else:
         digits.make_digits(folder, sizes)
-        with open(stamp, "w") as handle:
-            json.dump(wanted, handle)
+        write_text(stamp, json.dumps(wanted))
     counts = digits.label_counts(os.path.join(folder, "train.h5"))
     log(f"data: {sizes[0]} train / {sizes[1]} val / {sizes[2]} test canvases of 1-4 digits; "
         f"train positives per digit 0-9: {' '.join(map(str, counts))} (rare: {', '.join(map(str, RARE))})")
@@ -168,32 +175,40 @@ def train_cli(solver, schedule, desc, progress, prefix):
 
 # ---------------------------------------------------------------- scoring
 
-def score(name, net_dir, data_dir, trained, out):
-    """Calibrate and evaluate with the caffe-layers tool; then the table's figures from the same net."""
-    import caffe
-    from caffe_layers import decoding, metrics
-    folder = os.path.join(out, name)
-    deploy = os.path.join(net_dir, f"{name}_deploy.prototxt")
-    thresholds = os.path.join(folder, "thresholds.json")
-    net_args = ["--model", deploy, "--weights", trained.weights, "--activation", "none"]  # deploy ends in prob
-    caffe_layers_tool(["calibrate", *net_args, "--data", os.path.join(data_dir, "val.h5"), "-o", thresholds],
-                      os.path.join(folder, "calibrate.txt"))
-    caffe_layers_tool(["evaluate", *net_args, "--data", os.path.join(data_dir, "test.h5"), "--thresholds", thresholds,
-                       "--plot", os.path.join(folder, "precision_recall.png")], os.path.join(folder, "evaluate.txt"))
-
+def probabilities(net, h5_path):
+    """The deploy net's ``prob`` (it ends in Sigmoid or Softmax) for every sample of an HDF5 file, and its labels."""
     import h5py
-    net = caffe.Net(deploy, caffe.TEST, weights=trained.weights)
-    with h5py.File(os.path.join(data_dir, "test.h5"), "r") as handle:
+    with h5py.File(h5_path, "r") as handle:
         x, labels = np.asarray(handle["data"]), np.asarray(handle["label"])
     net.blobs["data"].reshape(*x.shape)
     net.blobs["data"].data[...] = x
-    probs = net.forward()["prob"].astype(np.float64)
-    cut, _ = decoding.load_thresholds(thresholds, probs.shape[1])
-    report = metrics.report(probs, labels == 1, decoding.apply_thresholds(probs, cut))
-    return {"variant": name, "final_loss": trained.final_loss, "mAP": report["overall"]["mAP"],
-            "macro_f1": report["overall"]["macro_f1"], "rare_ap": float(np.mean(report["ap"][list(RARE)])),
-            "seconds": trained.seconds, "ap": report["ap"].tolist(), "f1": report["f1"].tolist(),
-            "thresholds": cut.tolist(), "val": trained.val, "curve": trained.curve}
+    return net.forward()["prob"].astype(np.float64), labels
+
+
+def score(name, net_dir, data_dir, trained, out):
+    """Thresholds for F1 on the validation set, then the test set's figures: the functions that
+    ``caffe-layers calibrate`` and ``caffe-layers evaluate`` run, on the same deploy net and weights."""
+    import caffe
+    from caffe_layers import decoding, metrics
+    from caffe_layers.caffemodel import check_weights
+    deploy = os.path.join(net_dir, f"{name}_deploy.prototxt")
+    net = caffe.Net(deploy, caffe.TEST)
+    try:
+        check_weights(net, trained.weights, option="weights")
+    except ValueError as error:
+        sys.exit(f"demo: {name}: {error}")
+    net.copy_from(trained.weights)
+    val_probs, val_labels = probabilities(net, os.path.join(data_dir, "val.h5"))
+    calibration = decoding.calibrate_thresholds(val_probs, val_labels == 1, "f1")
+    decoding.save_thresholds(os.path.join(out, name, "thresholds.json"), calibration.thresholds, method="f1")
+    probs, labels = probabilities(net, os.path.join(data_dir, "test.h5"))
+    result = metrics.evaluate(probs, labels, calibration.thresholds)
+    micro = metrics.pr_curves(probs, labels == 1)["micro"]
+    return {"variant": name, "final_loss": trained.final_loss, "mAP": result["overall"]["mAP"],
+            "macro_f1": result["overall"]["macro_f1"], "rare_ap": float(np.mean(result["ap"][list(RARE)])),
+            "seconds": trained.seconds, "ap": result["ap"].tolist(), "f1": result["f1"].tolist(),
+            "thresholds": result["thresholds"].tolist(), "weights": trained.weights, "val": trained.val,
+            "curve": trained.curve}, micro
 
 
 def table(rows, variants):
@@ -208,6 +223,15 @@ def table(rows, variants):
 
 
 # ---------------------------------------------------------------- plots
+
+def save_figure(figure, path):
+    import matplotlib.pyplot as plt
+    try:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+    finally:
+        plt.close(figure)
+
 
 def plot_losses(rows, path):
     import matplotlib
@@ -225,8 +249,7 @@ def plot_losses(rows, path):
         axis.legend()
     figure.suptitle("Loss per variant (each loss on its own scale)")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_ap(rows, path):
@@ -245,8 +268,24 @@ def plot_ap(rows, path):
              title="Average precision per digit on the test set")
     figure.legend(loc="lower center", ncol=len(rows), fontsize="small", frameon=False)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def plot_precision_recall(rows, curves, path):
+    """The micro-averaged precision-recall curve of each variant on the test set."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for r, curve in zip(rows, curves):
+        if curve is not None:
+            precision, recall = curve
+            axis.plot(recall, precision, label=f"{r['variant']} (mAP {r['mAP']:.3f})")
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+             title="Precision-recall on the test set (all digits pooled)")
+    axis.legend(loc="lower left")
+    figure.tight_layout()
+    save_figure(figure, path)
 
 
 # ---------------------------------------------------------------- main
@@ -276,7 +315,7 @@ def main(argv=None):
     net_dir = write_nets(out, data_dir, setting.schedule, variants)
     log(f"nets: {net_dir}; {setting.schedule.max_iter} iterations of {setting.schedule.batch_size} per variant "
         f"with {args.trainer}")
-    rows = []
+    rows, curves = [], []
     for i, (name, variant) in enumerate(variants.items(), start=1):
         solver = os.path.join(net_dir, f"{name}_solver.prototxt")
         desc = f"[{i}/{len(variants)}] {name}"
@@ -284,25 +323,29 @@ def main(argv=None):
             trained = train_pycaffe(solver, setting.schedule, desc, not args.no_progress)
         else:
             trained = train_cli(solver, setting.schedule, desc, not args.no_progress, os.path.join(out, name, name))
-        log(f"{desc}: trained in {trained.seconds:.0f} s, final loss {trained.final_loss:.4f}; "
-            f"scoring with caffe-layers")
-        rows.append(score(name, net_dir, data_dir, trained, out))
+        log(f"{desc}: trained in {trained.seconds:.0f} s, final loss {trained.final_loss:.4f}; scoring")
+        row, curve = score(name, net_dir, data_dir, trained, out)
+        rows.append(row)
+        curves.append(curve)
 
     text = table(rows, variants)
     plot_losses(rows, os.path.join(out, "loss_curves.png"))
     plot_ap(rows, os.path.join(out, "per_class_ap.png"))
-    with open(os.path.join(out, "results.md"), "w") as handle:
-        handle.write(text + "\n")
-    with open(os.path.join(out, "results.json"), "w") as handle:
-        json.dump({"trainer": args.trainer, "quick": args.quick, "rows": rows}, handle, indent=1)
+    plot_precision_recall(rows, curves, os.path.join(out, "precision_recall.png"))
+    write_text(os.path.join(out, "results.md"), text + "\n")
+    write_text(os.path.join(out, "results.json"),
+               json.dumps({"trainer": args.trainer, "quick": args.quick, "rows": rows}, indent=1) + "\n")
     total = time.perf_counter() - started
     log("")
     log(text)
     log("")
     log(f"final loss: mean training loss of the last {setting.schedule.display} iterations (each loss on its own "
         f"scale); mAP and rare AP on the test set; macro F1 at per-class thresholds calibrated on the validation set")
-    log(f"wrote {out}/results.md, loss_curves.png, per_class_ap.png; per variant: thresholds.json, evaluate.txt, "
-        f"precision_recall.png, snapshots")
+    log(f"wrote {out}/results.md, results.json, loss_curves.png, per_class_ap.png, precision_recall.png; per "
+        f"variant: snapshots, history, loss plot, thresholds.json")
+    last = rows[-1]
+    log(f"the same figures, per class, and a precision-recall plot for {last['variant']} with the caffe-layers tool:")
+    log("  " + evaluate_command(last["variant"], net_dir, data_dir, last["weights"], out))
     log(f"demo took {total / 60:.1f} min")
     return 0
 

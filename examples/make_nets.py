@@ -24,6 +24,7 @@ import caffe  # noqa: E402
 from caffe import layers as L, params as P  # noqa: E402
 
 from caffe_layers import netspec  # noqa: E402
+from caffe_layers.files import write_text  # noqa: E402
 from digits_data import DigitsSpec, NUM_CLASSES  # noqa: E402
 
 GENERATED = "written by examples/make_nets.py; edit that script, not this file"
@@ -197,8 +198,9 @@ def generate(net_dir, data_dir, run_dir, schedule=Schedule(), canvas=DigitsSpec.
     files = {}
     for variant in variants.values():
         train_val = f"{variant.name}_train_val.prototxt"
-        files[train_val] = netspec.to_prototxt(train_val_net(variant, data_dir, schedule),
-                                               header=f"{variant.title}: train/val net; {GENERATED}")
+        files[train_val] = netspec.to_prototxt(
+            train_val_net(variant, data_dir, schedule),
+            header=f"{variant.title}: train/val net; its data: examples/digits_data.py --out {data_dir}; {GENERATED}")
         files[f"{variant.name}_deploy.prototxt"] = netspec.to_prototxt(
             deploy_net(variant, canvas),
             header=f"{variant.title}: deploy net, {variant.activation} probabilities in 'prob'; {GENERATED}")
@@ -212,8 +214,7 @@ def write(files, out_dir):
     for name, text in files.items():
         path = os.path.join(out_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
+        write_text(path, text)
 
 
 def committed_files():

@@ -3,6 +3,7 @@ through `caffe train`; then resuming and stopping examples/train.py; and the bun
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,8 +58,26 @@ def table_rows(stdout):
     return rows
 
 
-def printed_map(evaluate_txt):
-    return float(re.search(r"^mAP (\S+) over", evaluate_txt.read_text(), re.M).group(1))
+def printed_map(text):
+    return float(re.search(r"^mAP (\S+) over", text, re.M).group(1))
+
+
+def figures_by_sklearn(out, name):
+    """mAP, macro F1 and rare AP of a variant's final weights, recomputed here: the deploy net run by
+    pycaffe over test.h5, scikit-learn's AP and F1 at the thresholds in thresholds.json."""
+    from sklearn.metrics import average_precision_score, f1_score
+    net = caffe.Net(str(out / "nets" / f"{name}_deploy.prototxt"), caffe.TEST,
+                    weights=str(out / name / f"{name}_iter_{QUICK_ITERS}.caffemodel"))
+    with h5py.File(out / "digits" / "test.h5", "r") as handle:
+        x, labels = handle["data"][:], handle["label"][:].astype(int)
+    net.blobs["data"].reshape(*x.shape)
+    net.blobs["data"].data[...] = x
+    probs = net.forward()["prob"].astype(np.float64)
+    cut = np.array(json.loads((out / name / "thresholds.json").read_text())["thresholds"])
+    ap = np.array([average_precision_score(labels[:, c], probs[:, c]) for c in range(NUM_CLASSES)])
+    f1 = f1_score(labels, (probs >= cut).astype(int), average=None, zero_division=0)
+    assert labels.sum(axis=0).min() > 0                  # every digit has a positive: AP is defined for all
+    return ap.mean(), f1.mean(), ap[list(DigitsSpec().rare_digits)].mean()
 
 
 def test_pycaffe_demo_trains_scores_and_plots(pycaffe_demo):
@@ -75,13 +94,27 @@ def test_pycaffe_demo_trains_scores_and_plots(pycaffe_demo):
         thresholds = json.loads((out / name / "thresholds.json").read_text())["thresholds"]
         assert len(thresholds) == NUM_CLASSES
         for produced in (f"{name}_iter_{QUICK_ITERS}.caffemodel", f"{name}_iter_{QUICK_ITERS}.solverstate",
-                         f"{name}_iter_10.solverstate", f"{name}_loss.png", "precision_recall.png", "evaluate.txt"):
+                         f"{name}_iter_10.solverstate", f"{name}_loss.png"):
             assert (out / name / produced).stat().st_size > 0, produced
-        # the table's mAP is what `caffe-layers evaluate` printed for the same net
-        assert float(rows[name][3]) == pytest.approx(printed_map(out / name / "evaluate.txt"), abs=6e-5)
-        assert float(rows[name][3]) == pytest.approx(results[name]["mAP"], abs=6e-5)
-    for plot in ("loss_curves.png", "per_class_ap.png"):
+        # the table's figures, recomputed from the weights, the data and the thresholds
+        m_ap, macro_f1, rare_ap = figures_by_sklearn(out, name)
+        assert float(rows[name][3]) == pytest.approx(m_ap, abs=6e-5)
+        assert float(rows[name][4]) == pytest.approx(macro_f1, abs=6e-5)
+        assert float(rows[name][5]) == pytest.approx(rare_ap, abs=6e-5)
+        assert results[name]["mAP"] == pytest.approx(m_ap, abs=1e-6)
+    for plot in ("loss_curves.png", "per_class_ap.png", "precision_recall.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.rglob(".*") if p.is_file()]      # no temporary file left behind
+
+
+def test_the_printed_caffe_layers_command_gives_the_table_figures(pycaffe_demo):
+    out, stdout = pycaffe_demo
+    lines = stdout.splitlines()
+    command = lines[lines.index(next(line for line in lines if "with the caffe-layers tool:" in line)) + 1]
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert printed_map(done.stdout) == pytest.approx(float(table_rows(stdout)["softmax"][3]), abs=6e-5)
+    assert (out / "softmax" / "precision_recall.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_demo_trains_the_same_net(cli_demo, pycaffe_demo):
@@ -91,7 +124,7 @@ def test_cli_demo_trains_the_same_net(cli_demo, pycaffe_demo):
     iters, loss = result["curve"]                      # Caffe's smoothed loss, read from its log
     assert iters[-1] == QUICK_ITERS and loss[-1] < loss[0]
     assert [v["iter"] for v in result["val"]] == [10, 20] and "mAP" in result["val"][-1]
-    assert (out / "focal" / "precision_recall.png").exists() and (out / "per_class_ap.png").exists()
+    assert (out / "precision_recall.png").exists() and (out / "per_class_ap.png").exists()
     # same solver, same seed, same data: caffe train and pycaffe give the same weights
     pycaffe = {r["variant"]: r for r in json.loads((pycaffe_demo[0] / "results.json").read_text())["rows"]}
     assert result["ap"] == pytest.approx(pycaffe["focal"]["ap"], abs=1e-6)
