@@ -474,9 +474,10 @@ def _thresholds(args, loaded):
 
 def _check_probability_option(args, loaded, option, value):
     if loaded.probabilities and not 0 <= value <= 1:
-        raise UsageError(f"{option} {value}: the scores are probabilities (activation {loaded.activation}"
-                         f"{', from the net' if loaded.detected else ''}), so a threshold outside [0, 1] predicts "
-                         f"{'nothing' if value > 1 else 'every class'}; give a value in [0, 1]")
+        why = (f"made by the {loaded.detected[1]} layer {loaded.detected[0]!r}" if loaded.detected else
+               f"after --activation {loaded.activation}")
+        raise UsageError(f"{option} {value:g}: the scores are probabilities ({why}), so a threshold outside [0, 1] "
+                         f"predicts {'nothing' if value > 1 else 'every class'}; give a value in [0, 1]")
 
 
 def _fmt(value, digits=3):

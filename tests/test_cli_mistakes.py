@@ -477,8 +477,12 @@ OPTION_MISTAKES = [
     (["evaluate", *NET, "--data", "val.h5", "--ignore-label", "0"],
      "--ignore-label 0 would leave out every negative label"),
     (["predict", *NET, "--data", "ok.npz", "--threshold", "1.5"],
-     "caffe-layers predict: error: --threshold 1.5: the scores are probabilities (activation sigmoid), so a "
-     "threshold outside [0, 1] predicts nothing"),
+     "caffe-layers predict: error: --threshold 1.5: the scores are probabilities (after --activation sigmoid), "
+     "so a threshold outside [0, 1] predicts nothing"),
+    (["calibrate", "--model", "deploy_sigmoid.prototxt", "--weights", "w.caffemodel", "--data", "val.h5",
+      "--default", "-0.5", "-o", "earlier.json"],
+     "caffe-layers calibrate: error: --default -0.5: the scores are probabilities (made by the Sigmoid layer "
+     "'prob'), so a threshold outside [0, 1] predicts every class"),
     (["predict", *NET, "--data", "ok.npz", "--top-k", "5"],
      "--top-k 5: the net's output 'score' has only 4 classes"),
     (["predict", *NET, "--data", "ok.npz", "--mass", "0.9"],
@@ -510,7 +514,7 @@ def test_classes_that_contradict_the_thresholds_file(work, tmp_path):
 def test_calibrate_never_writes_a_file_it_would_refuse(work, tmp_path):
     """calibrate --default is checked like every threshold: within [0, 1] for probabilities."""
     refused(work, ["calibrate", *NET, "--data", "val.h5", "--default", "2", "-o", tmp_path / "t.json"],
-            "--default 2.0: the scores are probabilities (activation sigmoid)")
+            "--default 2: the scores are probabilities (after --activation sigmoid)")
     assert not (tmp_path / "t.json").exists()
 
 
