@@ -124,8 +124,9 @@ def history_for_resume(path, iteration, digest, warn):
     try:
         history = History.load(path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        warn(f"history {path} is unreadable ({str(error).splitlines()[0][:200]}); starting a fresh history at "
-             f"iteration {iteration} (the file is replaced at the next snapshot)")
+        why = (str(error) or type(error).__name__).splitlines()[0][:200]
+        warn(f"history {path} is unreadable ({why}); starting a fresh history at iteration {iteration}; the "
+             f"file is replaced when this run saves its history")
         return fresh
     if history.snapshots.get(iteration) != digest:
         recorded = ", ".join(map(str, sorted(history.snapshots))) or "none"
