@@ -2,6 +2,7 @@
 input as one-line errors with exit status 2."""
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -218,3 +219,44 @@ def test_bad_input_is_one_line_and_status_2(tiny, bad_files, args, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(message), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "tool.md"
+
+
+def doc_blocks():
+    """(kind, text) of the fenced sh and console blocks of docs/tool.md after its worked example's heading."""
+    text = DOCS.read_text()
+    text = text[text.index("## A worked example"):]
+    return re.findall(r"^```(sh|console)\n(.*?)^```", text, re.M | re.S)
+
+
+def test_the_tool_reference_runs_as_printed(tmp_path):
+    """Every command of docs/tool.md, in order, in an empty folder: the exit status its output
+    implies (2 for an error), and its note and error lines exactly as printed."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    blocks = doc_blocks()
+    assert [kind for kind, _ in blocks][:2] == ["sh", "console"] and len(blocks) >= 6
+    ran = 0
+    for kind, text in blocks:
+        if kind == "sh":
+            steps = [(text, [])]
+        else:
+            steps, lines = [], text.splitlines()
+            for line in lines:
+                if line.startswith("$ "):
+                    steps.append((line[2:], []))
+                else:
+                    steps[-1][1].append(line)
+        for command, expected in steps:
+            result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                    timeout=300)
+            status = 2 if any(": error: " in line for line in expected) else 0
+            assert result.returncode == status, (command, result.stderr)
+            said = [line for line in expected if line.startswith("caffe-layers ")]
+            assert said == [line for line in result.stderr.splitlines() if line.startswith("caffe-layers ")], command
+            for line in expected:
+                if line.startswith("wrote "):
+                    assert line.split(" (")[0] in result.stdout, (command, result.stdout)
+            ran += 1
+    assert ran >= 30
