@@ -21,10 +21,14 @@ prototxt/ read its files from ``runs/digits/``.
 """
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # caffe_layers of this checkout
+from caffe_layers.files import atomic_output, write_text  # noqa: E402
 
 NUM_CLASSES = 10
 DIGIT = 8          # load_digits images are 8x8, values 0..16
@@ -118,12 +122,12 @@ def make_digits(out_dir, sizes=(6000, 1000, 1000), spec=DigitsSpec()):
         rng = np.random.default_rng([spec.seed, 2, k])
         data, label = make_canvases(int(n), pools[split], spec, rng)
         h5_path = os.path.abspath(os.path.join(out_dir, f"{split}.h5"))
-        with h5py.File(h5_path, "w") as handle:
-            handle.create_dataset("data", data=data)
-            handle.create_dataset("label", data=label)
+        with atomic_output(h5_path) as temporary:          # written whole, then renamed into place
+            with h5py.File(temporary, "w") as handle:
+                handle.create_dataset("data", data=data)
+                handle.create_dataset("label", data=label)
         lists[split] = os.path.join(out_dir, f"{split}.txt")
-        with open(lists[split], "w") as handle:
-            handle.write(h5_path + "\n")
+        write_text(lists[split], h5_path + "\n")
     return lists
 
 
