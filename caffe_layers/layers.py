@@ -22,6 +22,7 @@ import traceback
 import caffe
 import numpy as np
 
+from .asymmetric import asymmetric_loss
 from .blocks import as_ncs
 from .config import AsymmetricConfig, FocalConfig, SoftmaxConfig
 from .focal import sigmoid_focal_loss
@@ -257,6 +258,30 @@ class SigmoidFocalLoss(SigmoidLossLayer):
     NAME = "SigmoidFocalLoss"
     CONFIG = FocalConfig
     LOSS = staticmethod(sigmoid_focal_loss)
+
+
+class AsymmetricLoss(SigmoidLossLayer):
+    """Asymmetric loss (Ridnik et al. 2021, "Asymmetric Loss For Multi-Label Classification").
+
+    Bottoms:
+      0 scores  ``(N, C, d1..dk)``: logits ``x``.
+      1 targets ``(N, C, d1..dk)``: ``t`` in [0, 1] (multi-hot or soft), or ``ignore_label``.
+      2 weights (optional) ``(N,)`` per sample or ``(N, C, d1..dk)`` per element, finite, >= 0.
+    Tops:
+      0 loss ``()``: ``sum(-w [t (1-p)^gamma_pos log p + (1-t) p_m^gamma_neg log(1-p_m)]) / max(1, n)``,
+        ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)``, n per ``normalization``.
+      1 probabilities (optional) ``(N, C, d1..dk)``: ``sigmoid(x)``; no gradient flows back from it.
+    Backward writes to bottom 0 ``top.diff * dloss/dx / n`` (the exact derivative, or with the
+    focusing factors held constant when ``detach_focal_weight``) and zeros to the others when
+    asked. See ``caffe_layers.asymmetric`` for the formulas.
+
+    param_str keys: gamma_pos (default 0), gamma_neg (4), clip (0.05), detach_focal_weight
+    (false), class_weights, normalization (batch_size | full | valid | none | positives),
+    ignore_label, check_finite.
+    """
+    NAME = "AsymmetricLoss"
+    CONFIG = AsymmetricConfig
+    LOSS = staticmethod(asymmetric_loss)
 
 
 class MultiLabelSoftmaxLoss(LossLayer):
