@@ -165,6 +165,9 @@ def snippets():
                                lambda: netspec.sigmoid_focal_loss(n.score, n.label, gamma=2, alpha=0.25)),
         "sigmoid_cross_entropy": ("Sigmoid cross-entropy: the focal loss with gamma 0",
                                   lambda: netspec.sigmoid_focal_loss(n.score, n.label, gamma=0)),
+        "asymmetric_loss": ("Asymmetric loss (Ridnik et al. 2021, the paper's recipe: gamma_neg 4, gamma_pos 0, "
+                            "clip 0.05); other keys: detach_focal_weight, class_weights, normalization, ignore_label",
+                            lambda: netspec.asymmetric_loss(n.score, n.label, gamma_neg=4, gamma_pos=0, clip=0.05)),
         "multilabel_softmax_loss": ("Softmax cross-entropy over multi-hot targets (each sample's positives share "
                                     "the target mass); other keys: label_smoothing, loss, class_weights, ...",
                                     lambda: netspec.multilabel_softmax_loss(n.score, n.label)),
