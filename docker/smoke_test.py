@@ -122,7 +122,7 @@ def main():
         uid = caffe.NCCL.new_uid()
         check(len(uid) == NCCL_UNIQUE_ID_BYTES,
               "caffe.NCCL.new_uid() returned %d bytes, not %d: pycaffe cuts the NCCL id at its first "
-              "NUL byte (the _caffe.cpp patch of docker/Dockerfile is missing)" % (len(uid), NCCL_UNIQUE_ID_BYTES))
+              "NUL byte (the _caffe.cpp patch of scripts/build_caffe.sh did not apply)" % (len(uid), NCCL_UNIQUE_ID_BYTES))
         print("smoke test: Caffe built with CUDA and NCCL")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -246,7 +246,7 @@ lock() {  # KEY PREFIX: hold the build lock of KEY; while another build holds it
     done
     log "the other build has ended; going on"
   fi
-  printf 'held by pid %s on %s since %s\n' "$$" "$(hostname)" "$(date -u +%FT%TZ)" > "$lock"
+  printf 'held by pid %s on %s since %s\n' "$$" "${HOSTNAME:-unknown host}" "$(date -u +%FT%TZ)" > "$lock"
 }
 
 key() {  # PYTHON: hashes what decides the build's result, so messages and comments can change freely
