@@ -1,0 +1,448 @@
+"""The curated mutants of ``make mutants`` (run by ``scripts/mutants.py``; see docs/mutants.md).
+
+Each mutant is a small, realistic bug: in ``file``, the text ``old`` (which must occur exactly
+once there) replaced by ``new``; ``bug`` says in one line what a programmer would have got
+wrong; ``tests`` are the test files that must catch it (each is run with ``pytest -x``, fastest
+first). ``tests/test_mutants_list.py`` checks in CI that every mutant still applies, so this
+list cannot rot silently as the code changes: when a snippet no longer occurs, rewrite the
+mutant for today's code rather than dropping it.
+
+A new kernel, option or check arrives with its mutants here, and ``make mutants`` must report
+every one of them killed.
+"""
+from collections import namedtuple
+from pathlib import Path
+
+Mutant = namedtuple("Mutant", "name file old new bug tests")
+
+FOCAL = "caffe_layers/focal.py"
+SOFTMAX = "caffe_layers/multilabel_softmax.py"
+BLOCKS = "caffe_layers/blocks.py"
+PARAMS = "caffe_layers/params.py"
+CONFIG = "caffe_layers/config.py"
+LAYERS = "caffe_layers/layers.py"
+METRICS_LAYER = "caffe_layers/metrics_layer.py"
+NETSPEC = "caffe_layers/netspec.py"
+
+EDGE = "tests/test_edge_cases.py"
+FOCAL_MATH = "tests/test_focal_math.py"
+SOFTMAX_MATH = "tests/test_softmax_math.py"
+LAYERS_NET = "tests/test_layers_net.py"
+PARAMS_TESTS = "tests/test_params.py"
+LAYER_MISTAKES = "tests/test_layer_mistakes.py"
+ERRORS = "tests/test_errors.py"
+METRICS_LAYER_TESTS = "tests/test_metrics_layer.py"
+NETSPEC_TESTS = "tests/test_netspec.py"
+
+
+def M(name, file, old, new, bug, *tests):
+    return Mutant(name, file, old, new, bug, tests)
+
+
+MUTANTS = [
+    # ------------------------------------------------------------ the focal kernel
+    M("focal-log1p-rounding", FOCAL,
+      "log1p = np.log1p(e, out=ce)",
+      "log1p = np.log(np.add(e, 1, out=ce), out=ce)",
+      "log1p(e) taken as log(1 + e), which rounds to 0 for tiny e (x << 0, float32)",
+      FOCAL_MATH, EDGE),
+    M("focal-scratch-count", FOCAL,
+      "    count = 10 + 2 * (ignore_label is not None or alpha is not None\n"
+      "                      or (class_weights is not None and weights is not None))\n",
+      "    count = 10 + 2 * (ignore_label is not None or alpha is not None)\n",
+      "too few scratch arrays when class weights and a weights bottom come together",
+      FOCAL_MATH, EDGE),
+    M("focal-weights-by-size", FOCAL,
+      "factors.append(weights[n] if per_sample else weights[n, c, s])",
+      "factors.append(weights[n] if weights.shape[2] == 1 else weights[n, c, s])",
+      "(N, C) per-element weights taken per sample when S is 1: rows longer than a block crash",
+      FOCAL_MATH, LAYER_MISTAKES, EDGE),
+    M("focal-gamma-factor-dropped", FOCAL,
+      "    if gamma != 1:\n"
+      "        np.multiply(e, gamma, out=e)\n",
+      "",
+      "the factor gamma of the focusing term's derivative dropped",
+      FOCAL_MATH),
+    M("focal-gradient-sign", FOCAL,
+      "g = np.multiply(np.subtract(p_neg, p_pos, out=p_neg), q_gamma, out=p_neg)",
+      "g = np.multiply(np.subtract(p_pos, p_neg, out=p_neg), q_gamma, out=p_neg)",
+      "the q^gamma (p - t) term of the gradient with the wrong sign",
+      FOCAL_MATH),
+    M("focal-weights-not-on-gradient", FOCAL,
+      "    if scale is not None:\n"
+      "        np.multiply(g, scale, out=g)\n",
+      "",
+      "weights (and the ignore mask) on the loss but not on the (p - t) term of the gradient",
+      FOCAL_MATH),
+    M("focal-ce-mask-not-on-gradient", FOCAL,
+      "            np.subtract(p, t, out=grad)\n"
+      "            if scale is not None:\n"
+      "                np.multiply(grad, scale, out=grad)\n",
+      "            np.subtract(p, t, out=grad)\n",
+      "gamma 0: weights and ignore mask applied to the loss but not to the gradient",
+      FOCAL_MATH, LAYERS_NET),
+    M("focal-alpha-swapped", FOCAL,
+      "alpha_base, alpha_slope = 1 - alpha, 2 * alpha - 1",
+      "alpha_base, alpha_slope = alpha, 1 - 2 * alpha",
+      "alpha weighs the negatives and 1 - alpha the positives",
+      FOCAL_MATH),
+    M("focal-positives-count-ignored", FOCAL,
+      "        positives += float(np.add.reduce(t, axis=None))",
+      "        positives += float(np.add.reduce(t_all[n, c, s], axis=None))",
+      "'positives' summed over the raw targets, ignore_label entries included",
+      FOCAL_MATH, LAYERS_NET, EDGE),
+    M("focal-valid-counts-ignored", FOCAL,
+      "            valid += int(np.count_nonzero(kept))",
+      "            valid += x.size",
+      "'valid' counts the ignored elements too",
+      FOCAL_MATH, LAYERS_NET),
+    M("focal-gamma2-scratch-alias", FOCAL,
+      "q_gamma = np.multiply(q, q, out=is_pos)",
+      "q_gamma = np.multiply(q, q, out=q)",
+      "gamma 2: q^2 written over q, which the gradient still needs",
+      FOCAL_MATH),
+    M("focal-fractional-gamma-no-floor", FOCAL,
+      "np.maximum(q, np.finfo(q.dtype).tiny, out=q)",
+      "q",
+      "fractional gamma: q^gamma / q without flooring q, 0/0 = NaN at saturation",
+      FOCAL_MATH, EDGE),
+    M("focal-prob-of-abs", FOCAL,
+      "np.copyto(prob, p)",
+      "np.copyto(prob, r)",
+      "the probabilities top gets sigmoid(|x|) instead of sigmoid(x)",
+      FOCAL_MATH, LAYERS_NET),
+    M("focal-class-weights-not-sliced", FOCAL,
+      "factors.append(class_weights[:, c])",
+      "factors.append(class_weights)",
+      "class weights not sliced with a block that holds part of the classes",
+      FOCAL_MATH, EDGE),
+    M("focal-one-minus-p-cancels", FOCAL,
+      "one_minus_p = np.multiply(np.maximum(e, np.subtract(1, is_pos, out=tmp), out=tmp), r, out=tmp)",
+      "one_minus_p = np.subtract(1, p, out=tmp)",
+      "1 - p computed by subtraction: 0 at saturation, so q^gamma and its gradient vanish",
+      FOCAL_MATH, EDGE),
+
+    # ------------------------------------------------------------ the blocked walk
+    M("blocks-flat-last-piece", BLOCKS,
+      "for s0 in range(0, s, block_elements):",
+      "for s0 in range(0, s - block_elements + 1, block_elements):",
+      "flat_blocks: the last partial block of a long row skipped",
+      FOCAL_MATH, EDGE),
+    M("blocks-slices-last-piece", BLOCKS,
+      "for s0 in range(0, s, step):",
+      "for s0 in range(0, s - step + 1, step):",
+      "block_slices: the last partial piece of a big sample skipped",
+      SOFTMAX_MATH, EDGE),
+    M("blocks-slices-last-big-sample", BLOCKS,
+      "    for n0 in range(n):\n"
+      "        for s0 in range(0, s, step):",
+      "    for n0 in range(n - 1):\n"
+      "        for s0 in range(0, s, step):",
+      "block_slices: the last of several big samples skipped",
+      SOFTMAX_MATH, EDGE),
+    M("blocks-flat-samples-short", BLOCKS,
+      "yield slice(n0, min(n, n0 + step)), slice(0, c), slice(0, s)",
+      "yield slice(n0, min(n, n0 + step - 1)), slice(0, c), slice(0, s)",
+      "flat_blocks: each group of whole samples one sample short",
+      FOCAL_MATH, EDGE),
+    M("blocks-flat-last-class", BLOCKS,
+      "yield slice(n0, n0 + 1), slice(c0, min(c, c0 + step)), slice(0, s)",
+      "yield slice(n0, n0 + 1), slice(c0, min(c - 1, c0 + step)), slice(0, s)",
+      "flat_blocks: the last class of a sample cut into class groups skipped",
+      FOCAL_MATH, EDGE),
+    M("blocks-ncs-inner", BLOCKS,
+      "for d in shape[axis + 1:]:",
+      "for d in shape[axis + 2:]:",
+      "as_ncs: the first spatial axis left out of S",
+      FOCAL_MATH, SOFTMAX_MATH),
+
+    # ------------------------------------------------------------ the multi-label softmax kernel
+    M("softmax-sparse-forgets-class-weights", SOFTMAX,
+      "        if o.class_weights is not None:\n"
+      "            t_nz = t_nz * o.class_weights[0, c_i, 0]\n",
+      "",
+      "sparse multi-hot targets: class_weights forgotten",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-no-shift-overflows", SOFTMAX,
+      "(float(np.min(x_max)) >= -30.0 and float(np.max(x_max)) <= 60.0)",
+      "float(np.min(x_max)) >= -30.0",
+      "exp(x) taken without the max shift whatever the maximum: overflows for large scores",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-no-shift-underflows", SOFTMAX,
+      "(float(np.min(x_max)) >= -30.0 and float(np.max(x_max)) <= 60.0)",
+      "float(np.max(x_max)) <= 60.0",
+      "exp(x) taken without the max shift whatever the minimum: underflows for very negative scores",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-index-smoothing-gradient", SOFTMAX,
+      "np.put_along_axis(grad, labels, at - o.keep * v, axis=1)",
+      "np.put_along_axis(grad, labels, at - v, axis=1)",
+      "class-index targets: the label's gradient ignores label smoothing",
+      SOFTMAX_MATH),
+    M("softmax-index-ignored-still-weigh", SOFTMAX,
+      "        has_target &= kept\n"
+      "        np.multiply(v, kept, out=v)\n",
+      "        has_target &= kept\n",
+      "ignored positions dropped from the count but still add loss and gradient (as class 0)",
+      SOFTMAX_MATH, LAYERS_NET),
+    M("softmax-count-is-sum", SOFTMAX,
+      "        np.copyto(k, count)",
+      "        np.copyto(k, mass)",
+      "target_normalization count divides by the sum of the targets",
+      SOFTMAX_MATH),
+    M("softmax-valid-every-position", SOFTMAX,
+      "valid = int(np.count_nonzero(mass))",
+      "valid = mass.size",
+      "positions without a positive target counted as valid",
+      SOFTMAX_MATH, LAYERS_NET),
+    M("softmax-sparse-kl-smoothing", SOFTMAX,
+      "per_position += (o.num_classes - count) * _x_log_x(q0)",
+      "per_position += o.num_classes * _x_log_x(q0)",
+      "sparse targets, kl with smoothing: q0 log q0 counted at every class, positives included",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-sparse-smoothing-unweighted", SOFTMAX,
+      "                np.subtract(np.multiply(e, scaled, out=e), (o.spread * mass) if w is None else (o.spread * mass * w),\n"
+      "                            out=grad)",
+      "                np.subtract(np.multiply(e, scaled, out=e), o.spread * mass,\n"
+      "                            out=grad)",
+      "sparse targets with smoothing: the smoothing part of the gradient not weighted",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-dense-target-gradient-unweighted", SOFTMAX,
+      "            np.multiply(k, w, out=k)\n",
+      "",
+      "dense targets: the -q part of the gradient not multiplied by the position weight",
+      SOFTMAX_MATH),
+    M("softmax-xlogx-no-floor", SOFTMAX,
+      "log_q = np.log(np.maximum(q, np.finfo(q.dtype).tiny, out=out), out=out)",
+      "log_q = np.log(q, out=out)",
+      "kl: 0 log 0 evaluated as 0 * -inf = NaN",
+      SOFTMAX_MATH),
+    M("softmax-sparse-position-stride", SOFTMAX,
+      "return where, n_i, c_i, s_i, n_i * s_b + s_i",
+      "return where, n_i, c_i, s_i, n_i + s_i",
+      "sparse targets: the position index forgets the row stride of (N, C, S) blocks",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-smoothing-over-c-minus-1", SOFTMAX,
+      "self.spread = label_smoothing / num_classes",
+      "self.spread = label_smoothing / (num_classes - 1)",
+      "label smoothing spreads eps over C - 1 classes instead of C",
+      SOFTMAX_MATH),
+    M("softmax-index-sum-normalization", SOFTMAX,
+      "        if o.target_normalization == \"sum\":  # q / sum(q): 1 at the label, or 0 if its weight is 0\n"
+      "            np.greater(v, 0, out=v)\n",
+      "",
+      "class-index targets, target_normalization sum: q stays the class weight instead of 1",
+      SOFTMAX_MATH, EDGE),
+    M("softmax-index-gradient-unweighted", SOFTMAX,
+      "        np.multiply(v, w, out=v)           # from here on v carries the position weight\n",
+      "",
+      "class-index targets: the position weight on the loss but not on the gradient",
+      SOFTMAX_MATH),
+
+    # ------------------------------------------------------------ param_str and configs
+    M("params-json-file-unchecked", PARAMS,
+      "    if path is not None:\n"
+      "        value = read_json_file(layer, key, path)\n",
+      "    if path is not None:\n"
+      "        return tuple(read_json_file(layer, key, path))\n",
+      "a class_weights / alpha JSON file read but its list not validated",
+      PARAMS_TESTS, LAYER_MISTAKES),
+    M("params-duplicate-key-wins", PARAMS,
+      "        if key in result:\n"
+      "            raise _DuplicateKey(key)\n",
+      "",
+      "a key given twice in param_str: the last one silently wins",
+      PARAMS_TESTS, LAYER_MISTAKES),
+    M("params-alias-twice", PARAMS,
+      "        if name in canonical:",
+      "        if key in canonical:",
+      "a key given under two spellings (gamma and focusing_parameter) not noticed",
+      PARAMS_TESTS),
+    M("params-nan-accepted", PARAMS,
+      "finite = is_number(value) and math.isfinite(value)",
+      "finite = is_number(value)",
+      "NaN and infinity accepted as numbers",
+      PARAMS_TESTS),
+    M("params-open-end-closed", PARAMS,
+      "too_high = high is not None and (value >= high if high_open else value > high)",
+      "too_high = high is not None and value > high",
+      "an open upper end accepts its bound (label_smoothing 1, clip 1)",
+      PARAMS_TESTS),
+    M("params-fraction-as-integer", PARAMS,
+      "integral = is_number(value) and float(value).is_integer() and abs(value) < 2 ** 63",
+      "integral = is_number(value) and abs(value) < 2 ** 63",
+      "a fractional ignore_label or axis (0.5) accepted and truncated",
+      PARAMS_TESTS),
+    M("params-class-balances-keys", PARAMS,
+      "    if keys != expected:",
+      "    if len(keys) != len(expected):",
+      "class_balances keys not checked to be \"1\"..\"C\" (a gap or a 0 passes)",
+      PARAMS_TESTS),
+    M("config-ignore-label-one", CONFIG,
+      "if config.get(\"ignore_label\") in (0, 1):",
+      "if config.get(\"ignore_label\") == 0:",
+      "ignore_label 1 accepted for sigmoid losses, ignoring every positive",
+      PARAMS_TESTS, LAYER_MISTAKES),
+    M("config-alpha-unbounded", CONFIG,
+      "params.number(layer, \"alpha\", alpha, 0.0, 1.0) if params.is_number(alpha)",
+      "params.number(layer, \"alpha\", alpha, 0.0) if params.is_number(alpha)",
+      "a single alpha above 1 accepted",
+      PARAMS_TESTS),
+    M("config-gamma-uncapped", CONFIG,
+      "    params.at_most(layer, key, gamma, MAX_GAMMA)\n",
+      "",
+      "a focusing exponent that overflows float32 accepted",
+      PARAMS_TESTS, LAYER_MISTAKES),
+    M("config-both-class-weight-spellings", CONFIG,
+      "        if \"class_weights\" in raw and \"class_balances\" in raw:\n"
+      "            raise ValueError(f\"{layer}: 'class_weights' and its alias 'class_balances' are both given; give one\")\n",
+      "",
+      "class_weights and class_balances both given: one silently wins",
+      PARAMS_TESTS, LAYER_MISTAKES, EDGE),
+    M("config-metrics-k-zero", CONFIG,
+      "if k is None or k < 1:",
+      "if k is None or k < 0:",
+      "MultiLabelMetrics accepts k 0",
+      METRICS_LAYER_TESTS),
+
+    # ------------------------------------------------------------ the Caffe glue
+    M("layers-normaliser-unguarded", LAYERS,
+      "return sums.loss, float(max(1.0, self.normalizer_count(scores.shape, sums)))",
+      "return sums.loss, float(self.normalizer_count(scores.shape, sums))",
+      "the max(1, n) guard of the normaliser removed: 0 positives or valid divide by 0",
+      LAYERS_NET, EDGE),
+    M("layers-backward-ignores-loss-weight", LAYERS,
+      "np.multiply(self._grad, top[0].diff.flat[0] / self._normalizer, out=bottom[0].diff)",
+      "np.multiply(self._grad, 1.0 / self._normalizer, out=bottom[0].diff)",
+      "backward ignores the top's diff (the loss_weight)",
+      LAYERS_NET),
+    M("layers-backward-not-normalised", LAYERS,
+      "np.multiply(self._grad, top[0].diff.flat[0] / self._normalizer, out=bottom[0].diff)",
+      "np.multiply(self._grad, top[0].diff.flat[0], out=bottom[0].diff)",
+      "backward does not divide by forward's normaliser",
+      LAYERS_NET),
+    M("layers-full-normaliser-2d", LAYERS,
+      "\"full\": math.prod(scores_shape)",
+      "\"full\": scores_shape[0] * scores_shape[1]",
+      "normalization full counts N x C, forgetting the spatial axes",
+      LAYERS_NET),
+    M("layers-softmax-batch-size-axis", LAYERS,
+      "return {\"batch_size\": outer, \"full\": outer * inner",
+      "return {\"batch_size\": scores_shape[0], \"full\": outer * inner",
+      "softmax batch_size normaliser is N, not the product of the axes before 'axis'",
+      LAYER_MISTAKES),
+    M("layers-sigmoid-ignore-label-refused", LAYERS,
+      "            bad &= targets != self.config.ignore_label\n"
+      "        if bad.any():\n"
+      "            allowed = \"in [0, 1]\"",
+      "        if bad.any():\n"
+      "            allowed = \"in [0, 1]\"",
+      "sigmoid targets equal to ignore_label refused as out of [0, 1]",
+      LAYERS_NET),
+    M("layers-targets-above-one", LAYERS,
+      "bad = ~((targets >= 0) & (targets <= 1))",
+      "bad = ~(targets >= 0)",
+      "sigmoid targets above 1 accepted",
+      ERRORS),
+    M("layers-weights-infinite", LAYERS,
+      "bad = ~(np.isfinite(weights) & (weights >= 0))",
+      "bad = ~(weights >= 0)",
+      "an infinite weight in bottom 2 accepted",
+      EDGE),
+    M("layers-label-diff-left", LAYERS,
+      "            if propagate_down[i]:  # targets and weights get no gradient\n"
+      "                bottom[i].diff[...] = 0\n",
+      "            if propagate_down[i]:  # targets and weights get no gradient\n"
+      "                pass\n",
+      "backward leaves the targets' and weights' diff as it was instead of zeroing it",
+      LAYERS_NET),
+    M("layers-finite-check-inverted", LAYERS,
+      "if checking and not _sum_is_finite(scores):",
+      "if not checking and not _sum_is_finite(scores):",
+      "the non-finite scores check runs only when check_finite is false",
+      ERRORS),
+    M("layers-overflowing-sum-is-not-nan", LAYERS,
+      "return math.isfinite(float(np.add.reduce(array, axis=None))) or bool(np.isfinite(array).all())",
+      "return math.isfinite(float(np.add.reduce(array, axis=None)))",
+      "finite scores whose float32 sum overflows taken for non-finite scores",
+      EDGE),
+    M("layers-index-targets-fractional", LAYERS,
+      "bad = ~((targets >= 0) & (targets < num_classes) & (targets == np.floor(targets)))",
+      "bad = ~((targets >= 0) & (targets < num_classes))",
+      "a fractional class index (1.5) accepted and truncated",
+      ERRORS, EDGE),
+    M("layers-no-loss-weight-warning", LAYERS,
+      "if top[0].diff.flat[0] == 0:",
+      "if top[0].diff.flat[0] < 0:",
+      "the warning for a loss layer without loss_weight never printed",
+      LAYER_MISTAKES),
+
+    # ------------------------------------------------------------ the metrics layer and NetSpec
+    M("metrics-layer-ap-keeps-ignored", METRICS_LAYER,
+      "computed[\"mAP\"] = m.nan_mean(m.average_precision(probs, positive, valid))",
+      "computed[\"mAP\"] = m.nan_mean(m.average_precision(probs, positive))",
+      "mAP counts ignore_label entries as negatives",
+      METRICS_LAYER_TESTS),
+    M("metrics-layer-nan-top", METRICS_LAYER,
+      "top[i].data[...] = 0.0 if np.isnan(value) else value",
+      "top[i].data[...] = value",
+      "an undefined metric (mAP without positives) written as NaN instead of 0",
+      METRICS_LAYER_TESTS),
+    M("metrics-layer-threshold-file-unused", METRICS_LAYER,
+      "counts = m.f1_counts(apply_thresholds(probs, self._thresholds), positive, valid)",
+      "counts = m.f1_counts(apply_thresholds(probs, 0.5), positive, valid)",
+      "the F1s use 0.5 instead of the per-class thresholds file",
+      METRICS_LAYER_TESTS),
+    M("metrics-layer-at-k-keeps-ignored", METRICS_LAYER,
+      "probs, positive, self.config.k, valid)",
+      "probs, positive, self.config.k)",
+      "precision@k and recall@k count ignore_label entries",
+      METRICS_LAYER_TESTS),
+    M("netspec-options-unchecked", NETSPEC,
+      "    LAYERS[layer].config.from_param_str(text, layer)\n",
+      "",
+      "NetSpec helpers no longer check the options when the net is written",
+      NETSPEC_TESTS),
+    M("netspec-probabilities-weighted", NETSPEC,
+      "[loss_weight] + [0] * (ntop - 1)",
+      "[loss_weight] * ntop",
+      "the probabilities top of a loss helper also gets the loss_weight",
+      NETSPEC_TESTS),
+    M("netspec-escapes-unquoted", NETSPEC,
+      "if \"'\" in raw or \"\\\\\" in raw or not raw.isprintable():",
+      "if \"'\" in raw:",
+      "to_prototxt writes a param_str with backslashes in single quotes, unescaped",
+      NETSPEC_TESTS, EDGE),
+]
+
+
+def apply(mutant, text):
+    """``text`` (the file's contents) with the mutant's ``old`` replaced by its ``new``."""
+    return text.replace(mutant.old, mutant.new, 1)
+
+
+def problems(root):
+    """What keeps the list from applying to the checkout at ``root``: a list of one-line messages."""
+    root = Path(root)
+    found = []
+    names = [m.name for m in MUTANTS]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        found.append(f"{name}: the name is used {names.count(name)} times")
+    for m in MUTANTS:
+        path = root / m.file
+        if not path.is_file():
+            found.append(f"{m.name}: {m.file} does not exist")
+            continue
+        count = path.read_text().count(m.old)
+        if count != 1:
+            found.append(f"{m.name}: its old text occurs {count} times in {m.file} (it must occur once): "
+                         f"{m.old.strip().splitlines()[0][:80]!r}")
+        if m.old == m.new:
+            found.append(f"{m.name}: old and new are the same text")
+        if not m.bug or "\n" in m.bug:
+            found.append(f"{m.name}: the bug needs a one-line description")
+        if not m.tests:
+            found.append(f"{m.name}: no test files listed")
+        for test in m.tests:
+            if not (root / test).is_file():
+                found.append(f"{m.name}: test file {test} does not exist")
+    return found
