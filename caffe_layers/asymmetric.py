@@ -23,11 +23,17 @@ this loss is linear in ``t``, the focal loss is not).
 
 The readable float64 form is ``caffe_layers.reference.asymmetric_elements``; the tests hold this
 kernel to it. Here everything comes from ``e = exp(-|x|)``: ``p`` and ``1 - p`` without
-cancelling, ``-log p = log(1 + e) + max(-x, 0)`` and ``-log(1 - p) = -log p + x``, so every term
-is finite for every finite ``x`` (no epsilon clamp) and fractional gammas stay finite at
-saturation. The blob is walked in contiguous blocks (``caffe_layers.blocks``) with scratch
-arrays reused from block to block: one ``exp`` per element and one ``log`` (two when ``m > 0``:
-``log(1 + e)`` and ``log A``), no temporary of the blob's size.
+cancelling, ``-log p = log1p(e) + max(-x, 0)``, ``-log(1 - p) = log1p(e) + max(x, 0)`` and
+``A = (1 - p) + m``, so every term is finite for every finite ``x`` (no epsilon clamp) and
+fractional gammas stay finite at saturation.
+
+How it is computed: the blob is walked in contiguous blocks (``caffe_layers.blocks``) with
+scratch arrays reused from block to block, no temporary of the blob's size. A block of dense
+or soft targets takes one ``exp`` and one ``log1p`` per element, and one ``log`` more for
+``log A`` when ``m > 0``. A block of multi-hot targets, mostly zeros (``SPARSE_TARGETS``), is
+walked as if every target were 0 (one ``exp`` and one ``log A``, no ``log p``, nothing with
+``t``), and its few non-zero targets are computed again with their targets, all in one block
+at the end, over what the walk wrote.
 """
 from collections import namedtuple
 
@@ -40,13 +46,15 @@ AsymmetricSums.__doc__ = """Sums over all elements: ``loss`` (float), ``valid`` 
 ``positives`` (sum of non-ignored targets)."""
 
 
-# Scratch arrays per block for the math; one more for cleaned targets (ignore_label) and one
-# for a product of weights, when needed.
-_BLOCK_ARRAYS = 12
+# Scratch arrays per block for the math: 10, one more for -log p (dense targets, or m = 0) and
+# one for (1 - p)^gamma_pos (dense targets, gamma_pos not 0 or 1); then one for cleaned targets
+# (ignore_label) and one for a product of weights, when needed. Only what a block needs is
+# allocated: the sparse walk with the default options holds 10, as many as the focal loss.
+_BASE_ARRAYS = 10
 # A block whose targets are at most this fraction of non-zeros (multi-hot labels) is walked as
 # if every target were 0, and its non-zero targets are computed again, together, at the end:
 # the walk then skips log p, everything with t and the sum of the targets (about a third of the
-# passes), and the few non-zeros cost little.
+# passes, 25% of the time on benchmark case (a)), and the few non-zeros cost little.
 SPARSE_TARGETS = 1 / 16
 
 
@@ -84,7 +92,7 @@ def asymmetric_loss(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05,
 
     scratch = Scratch(dtype)
     flags = Scratch(np.bool_)
-    count = _BLOCK_ARRAYS + (ignore_label is not None) + (factor_count > 1)
+    extra_count = (ignore_label is not None) + (factor_count > 1)
     loss = 0.0
     valid = 0
     positives = 0.0
@@ -92,8 +100,8 @@ def asymmetric_loss(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05,
     for n, c, s in flat_blocks(ncs):
         x = x_all[n, c, s]
         t = t_all[n, c, s]
-        work = scratch.arrays(x.shape, count)
-        spare = list(work[_BLOCK_ARRAYS:])  # for the cleaned targets and the weights' product
+        # the cleaned targets and the weights' product first, the math's arrays after them
+        spare = list(scratch.arrays(x.shape, extra_count)) if extra_count else []
         factors = []  # what multiplies each element's loss and gradient, broadcast to the block
         if class_weights is not None:
             factors.append(class_weights[:, c])
@@ -118,18 +126,30 @@ def asymmetric_loss(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05,
         nonzero_flags = np.not_equal(t, 0, out=flags.arrays(x.shape, 1)[0])
         if np.count_nonzero(nonzero_flags) <= SPARSE_TARGETS * t.size:
             nonzero = np.flatnonzero(nonzero_flags)
-            loss += _asymmetric_block(x, None, options, scale, work[:_BLOCK_ARRAYS], grad, prob, skip=nonzero)
+            work = _work_arrays(scratch, x.shape, extra_count, options, dense=False)
+            loss += _asymmetric_block(x, None, options, scale, work, grad, prob, skip=nonzero)
             # a flat_blocks box is a contiguous run of the C-ordered (N, C, S) array, from here:
             sparse.append(nonzero + ((n.start * ncs[1] + c.start) * ncs[2] + s.start))
         else:
             positives += float(np.add.reduce(t, axis=None))
-            loss += _asymmetric_block(x, t, options, scale, work[:_BLOCK_ARRAYS], grad, prob)
+            work = _work_arrays(scratch, x.shape, extra_count, options, dense=True)
+            loss += _asymmetric_block(x, t, options, scale, work, grad, prob)
     if sparse:
         sparse_loss, sparse_positives = _at_nonzero_targets(np.concatenate(sparse), x_all, t_all, options, dtype,
                                                             class_weights, weights, per_sample, grad_all)
         loss += sparse_loss
         positives += sparse_positives
     return AsymmetricSums(loss, valid, positives)
+
+
+def _work_arrays(scratch, shape, skip, o, dense):
+    """The block's scratch arrays for the math, after the first ``skip``: ``_BASE_ARRAYS``, then
+    -log p and (1 - p)^gamma_pos where the block needs them (else None)."""
+    neg_log_p = dense or o.clip == 0
+    focus_pos = dense and o.gamma_pos not in (0, 1)
+    arrays = scratch.arrays(shape, skip + _BASE_ARRAYS + neg_log_p + focus_pos)[skip:]
+    base, optional = arrays[:_BASE_ARRAYS], list(arrays[_BASE_ARRAYS:])
+    return base + (optional.pop(0) if neg_log_p else None,) + (optional.pop(0) if focus_pos else None,)
 
 
 class _Options:
@@ -160,7 +180,7 @@ def _at_nonzero_targets(flat, x_all, t_all, o, dtype, class_weights, weights, pe
         w = weights[n_i, 0, 0] if per_sample else weights[index]
         scale = w if scale is None else scale * w
     grad = None if grad_all is None else np.empty(x.shape, dtype=dtype)
-    loss = _asymmetric_block(x, t, o, scale, Scratch(dtype).arrays(x.shape, _BLOCK_ARRAYS), grad, None)
+    loss = _asymmetric_block(x, t, o, scale, _work_arrays(Scratch(dtype), x.shape, 0, o, dense=True), grad, None)
     if grad is not None:
         grad_all[index] = grad
     return loss, float(np.add.reduce(t, axis=None))
@@ -187,14 +207,14 @@ def _power(base, gamma, out):
 def _asymmetric_block(x, t, o, scale, work, grad, prob, skip=None):
     """Loss sum of one block; writes the gradient into ``grad`` and sigmoid(x) into ``prob``
     when they are not None. scale: None or the elements' weights, broadcastable to the block.
-    work: ``_BLOCK_ARRAYS`` scratch arrays of the block's shape.
+    work: the block's scratch arrays (``_work_arrays``).
 
     t None: every target is taken as 0 (a block of few non-zero targets); ``skip``, the flat
     indices of its non-zero targets, are left out of the loss sum, and their gradient is left
     for ``_at_nonzero_targets`` to overwrite.
     """
-    (exp_neg_abs, sigmoid_abs, prob_array, one_minus_p, neg_log_p_array, log_a_array, p_m_array,
-     focus_neg_array, below_array, focus_pos_array, spare_a, spare_b) = work
+    (exp_neg_abs, sigmoid_abs, prob_array, one_minus_p, log_a_array, p_m_array, focus_neg_array, below_array,
+     spare_a, spare_b, neg_log_p_array, focus_pos_array) = work
     gp, gn, m = o.gamma_pos, o.gamma_neg, o.clip
 
     e = np.exp(np.negative(np.abs(x, out=spare_a), out=spare_a), out=exp_neg_abs)  # exp(-|x|) in (0, 1]: no overflow
@@ -202,11 +222,9 @@ def _asymmetric_block(x, t, o, scale, work, grad, prob, skip=None):
     r = np.divide(1, one_plus_e, out=sigmoid_abs)   # r = sigmoid(|x|)
     neg_log_p = None
     if t is not None or m == 0:
-        log1p_e = np.log(one_plus_e, out=neg_log_p_array)
-        # Not np.log1p: it costs several times np.log here. log1p(e) = log(u) + (e - (u - 1)) / u
-        # to first order, u = fl(1 + e); u - 1 is exact, so e - (u - 1) is the rounding error of
-        # 1 + e (< e, and dividing it by u changes it by < e): accurate even where 1 + e = 1.
-        np.add(log1p_e, np.subtract(e, np.subtract(one_plus_e, 1, out=one_plus_e), out=one_plus_e), out=log1p_e)
+        # np.log1p, not np.log(one_plus_e): exact where 1 + e rounds to 1 (float32 |x| > 17), and
+        # with numpy 2.4 as fast as np.log (0.3 ns per float32 element, benchmarks/README.md)
+        log1p_e = np.log1p(e, out=neg_log_p_array)
     x_nonneg = np.greater_equal(x, 0, out=spare_b)  # [x >= 0] as 0 or 1
     # p = r (x >= 0) or e r (x < 0) = max(e, [x >= 0]) r: two fast passes (np.where is one slow one)
     p = np.multiply(np.maximum(e, x_nonneg, out=prob_array), r, out=prob_array)
