@@ -26,11 +26,13 @@ LEGACY_DIMS = ("num", "channels", "height", "width")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def check_weights(net, path, option="--weights"):
+def check_weights(net, path, option="--weights", *, allow_missing=()):
     """Raise ``ValueError`` unless the weights file ``path`` fits the ``caffe.Net`` ``net``.
 
     ``option`` names the file in the message (a command-line option, or "weights").
-    Returns the names of the net's layers with parameters, all of them found in the file.
+    ``allow_missing``: names of the net's layers that may be absent from the file (new layers
+    of a net being fine-tuned, which start from their fillers); every other layer with
+    parameters must be there. Returns the names of the layers the file holds, in its order.
     """
     who = f"{option} {str(path)!r}"
     if not os.path.isfile(path):
@@ -40,7 +42,7 @@ def check_weights(net, path, option="--weights"):
         held = _hdf5_layers(net, path, who, expected)
     else:
         held = _binary_layers(path, who, expected, list(net._layer_names))
-    missing = [name for name in expected if name not in held]
+    missing = [name for name in expected if name not in held and name not in set(allow_missing)]
     if missing:
         name = missing[0]
         held = f"they hold {_names(held)}" if held else "they hold no layers"
@@ -48,7 +50,7 @@ def check_weights(net, path, option="--weights"):
                          f"{_shapes(expected[name])}) is not in the weights ({held}; {len(missing)} of the "
                          f"net's {len(expected)} layers with parameters are missing), so it would run with "
                          f"random initial values; give the weights trained with this prototxt")
-    return list(expected)
+    return held
 
 
 def _names(names, limit=6):
@@ -101,15 +103,13 @@ def _binary_layers(path, who, expected, net_layers):
         if len(blobs) != len(want):
             raise ValueError(f"{who} does not fit the net: layer {name!r} has {len(blobs)} parameter blob(s) "
                              f"in the weights ({_shapes(_proto_shape(b) for b in blobs)}) but the net's has "
-                             f"{len(want)} ({_shapes(want)}); give the weights trained with this prototxt, or "
-                             f"rename the layer to start it from scratch")
+                             f"{len(want)} ({_shapes(want)}); give the weights trained with this prototxt")
         for j, (blob, shape) in enumerate(zip(blobs, want)):
             if not _shape_equals(shape, blob):
                 legacy = " (legacy num, channels, height, width)" if _is_legacy(blob) else ""
                 raise ValueError(f"{who} does not fit the net: layer {name!r} parameter {j} has shape "
                                  f"{_proto_shape(blob)}{legacy} in the weights but the net's is {shape}; give "
-                                 f"the weights trained with this prototxt, or rename the layer to start it "
-                                 f"from scratch")
+                                 f"the weights trained with this prototxt")
             values = len(blob.double_data) or len(blob.data)
             if values != _count(shape):
                 raise ValueError(f"{who} is truncated or corrupt: layer {name!r} parameter {j} of shape {shape} "
@@ -189,8 +189,7 @@ def _hdf5_layers(net, path, who, expected):
                 if tuple(dataset.shape) != tuple(shape):
                     raise ValueError(f"{who} does not fit the net: layer {name!r} parameter {j} has shape "
                                      f"{tuple(dataset.shape)} in the weights but the net's is {shape}; give the "
-                                     f"weights trained with this prototxt, or rename the layer to start it "
-                                     f"from scratch")
+                                     f"weights trained with this prototxt")
         return list(group)
 
 

@@ -536,3 +536,30 @@ def test_csv_class_names_with_the_delimiter_round_trip(work, tmp_path):
         assert int(row["index"]) == i
         assert labels == [names[c] for c in chosen]
         np.testing.assert_allclose(scores, p[i, chosen], atol=1e-6)
+
+
+def test_check_weights_allows_the_named_new_layers_of_a_fine_tuned_net(work, bad_weights):
+    from caffe_layers.caffemodel import check_weights
+    net = caffe.Net(str(work["root"] / "deploy.prototxt"), caffe.TEST)
+    with pytest.raises(ValueError, match="its layer 'fc' .* is not in the weights"):
+        check_weights(net, str(work["root"] / "renamed.caffemodel"), "weights")
+    assert check_weights(net, str(work["root"] / "renamed.caffemodel"), "weights",
+                         allow_missing=("fc",)) == ["input", "fc_old"]
+
+
+def test_hdf5_weights_leave_out_shared_parameters_as_caffe_does(tmp_path):
+    """Caffe's HDF5 weights save a shared blob once, with its owner; both layers still load."""
+    from caffe_layers.caffemodel import check_weights
+    shared = ('layer {{ name: "{name}" type: "InnerProduct" bottom: "data" top: "{name}" '
+              'param {{ name: "w" }} param {{ name: "b" }} inner_product_param {{ num_output: 3 '
+              'weight_filler {{ type: "gaussian" std: 1 }} }} }}\n')
+    path = tmp_path / "shared.prototxt"
+    path.write_text(input_layer({"data": (2, 5)}) + shared.format(name="a") + shared.format(name="b"))
+    net = caffe.Net(str(path), caffe.TEST)
+    net.save_hdf5(str(tmp_path / "shared.h5"))
+    with h5py.File(tmp_path / "shared.h5", "r") as f:
+        assert sorted(f["data/a"]) == ["0", "1"] and sorted(f["data/b"]) == []
+    check_weights(net, str(tmp_path / "shared.h5"))
+    fresh = caffe.Net(str(path), caffe.TEST)
+    fresh.copy_from(str(tmp_path / "shared.h5"))
+    np.testing.assert_array_equal(fresh.params["b"][0].data, net.params["a"][0].data)
