@@ -110,8 +110,9 @@ fetch_tarball() {  # sets TARBALL: the verified source tarball, in the cache
   mkdir -p "$store"
   read -ra sources <<< "$CAFFE_SOURCE"
   for source in "${sources[@]}"; do
-    tmp="$(mktemp "$store/.download.XXXXXX")"
+    tmp="$(mktemp -d "$store/.download.XXXXXX")"  # this process's own folder, removed on exit
     CLEANUP+=("$tmp")
+    tmp="$tmp/$CAFFE_ORIG_TARBALL"
     if [ "$source" = apt ]; then fetch_apt "$tmp" || continue
     else fetch_url "$source" "$tmp" || continue
     fi
@@ -149,6 +150,7 @@ replace() {  # FILE COUNT OLD NEW: replace the COUNT occurrences of a literal te
   fi
 }
 
+# shellcheck disable=SC2016  # the patches' texts hold CMake's ${...}, literally
 patch_tree() {  # SOURCE_DIR: the project's patches, each guarded (see replace)
   local src="$1"
   [ -f "$src/src/caffe/util/io.cpp" ] || die "patch: $src is not a Caffe source tree (no src/caffe/util/io.cpp)"
@@ -300,8 +302,9 @@ install() {  # cpu|cuda PYTHON PREFIX: every Caffe tool, libcaffe and pycaffe, i
   log "compiling and installing Caffe ($device) into $prefix with $JOBS jobs"
   (cd "$work/build" && make -j"$JOBS" install > "$work/make.log" 2>&1) \
     || { tail -60 "$work/make.log" >&2; die "make install failed (log above)"; }
-  [ -x "$prefix/bin/caffe" ] && [ -f "$prefix/python/train.py" ] && ls "$prefix/python/caffe/"_caffe*.so > /dev/null \
-    || die "the install is missing bin/caffe, python/train.py or pycaffe (python/caffe/_caffe.so)"
+  if ! { [ -x "$prefix/bin/caffe" ] && [ -f "$prefix/python/train.py" ] && [ -f "$prefix/python/caffe/_caffe.so" ]; }; then
+    die "the install is missing bin/caffe, python/train.py or pycaffe (python/caffe/_caffe.so)"
+  fi
   log "installed Caffe ($device) into $prefix"
 }
 

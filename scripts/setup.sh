@@ -22,6 +22,7 @@ PYTHON="${PYTHON:-python3}"
 REQUIREMENTS="${REQUIREMENTS:-$ROOT/requirements.txt}"
 STEP="start"
 step() { STEP="$1"; echo "==> setup: $1" >&2; }
+# shellcheck disable=SC2154  # rc is assigned inside the trap
 trap 'rc=$?; [ $rc -eq 0 ] || echo "setup: FAILED at step \"$STEP\" (exit $rc)" >&2' EXIT
 
 step "system packages"
