@@ -3,9 +3,10 @@
 These are the readable specification that the fast blocked kernels (``caffe_layers.focal``,
 ``caffe_layers.asymmetric``, ``caffe_layers.multilabel_softmax``) are tested against. They
 take the same keyword options as the kernels, compute in float64 with ``np.exp`` and ``np.log``
-one element (sigmoid losses) or one position (softmax loss) at a time, and return the loss of
-every element or position, not its sum. They trade speed and memory for legibility: use them
-to check, never to train.
+element by element (the sigmoid losses, as whole-array formulas in which each element's loss
+depends on its own score and target only) or one position at a time (the softmax loss), and
+return the loss of every element or position, not its sum. They trade speed and memory for
+legibility: use them to check, never to train.
 
 The only liberties with the written formulas keep float64 honest at large ``|x|``:
 ``log p = -log(1 + exp(-x))`` is evaluated as ``-np.logaddexp(0, -x)`` (the same quantity,
@@ -104,7 +105,7 @@ def asymmetric_elements(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0
     p_m = np.maximum(p - clip, 0.0)
     log_p = log_sigmoid(x)
     if clip > 0:
-        log_1_minus_p_m = np.log(1.0 - p_m)
+        log_1_minus_p_m = np.log(1.0 - p_m)  # 1 - p_m >= m: its rounding error is at most eps / m relative
     else:
         log_1_minus_p_m = log_sigmoid(-x)  # p_m = p: log(1 - p) = log sigmoid(-x)
     x_f = x if focusing_scores is None else np.asarray(focusing_scores, dtype=np.float64)

@@ -91,9 +91,8 @@ def test_softmax_sparse_multi_hot_targets_with_class_weights(rng, target_normali
     grad = np.full_like(x, np.nan)
     sums = multilabel_softmax_loss(x, t, class_weights=class_weights, target_normalization=target_normalization,
                                    grad_out=grad)
-    np.testing.assert_allclose(
-        sums.loss, softmax_positions(x, t, class_weights=class_weights, target_normalization=target_normalization).sum(),
-        rtol=1e-12)
+    expected = softmax_positions(x, t, class_weights=class_weights, target_normalization=target_normalization)
+    np.testing.assert_allclose(sums.loss, expected.sum(), rtol=1e-12)
     # by hand: t' = t * class_weights; q = t' / count(t != 0), t' / sum(t') or t'; grad = sum(q) p - q
     weighted = t * class_weights
     divisor = {"count": np.count_nonzero(t, axis=1), "sum": weighted.sum(axis=1), "none": np.ones(64)}[
@@ -261,11 +260,15 @@ def test_sigmoid_losses_on_each_flat_blocks_path(rng, shape, path, loss):
     options = dict(class_weights=rng.uniform(size=shape[1]), weights=weights, ignore_label=-1)
     grad = np.full_like(x, np.nan)
     if loss == "focal":
-        sums = sigmoid_focal_loss(x, t, gamma=2.0, alpha=0.25, grad_out=grad, **options)
-        reference = lambda v: sigmoid_focal_elements(v, t, gamma=2.0, alpha=0.25, **options)  # noqa: E731
+        kernel, elements, options = sigmoid_focal_loss, sigmoid_focal_elements, dict(options, gamma=2.0, alpha=0.25)
     else:
-        sums = asymmetric_loss(x, t, gamma_pos=1.0, gamma_neg=4.0, clip=0.05, grad_out=grad, **options)
-        reference = lambda v: asymmetric_elements(v, t, gamma_pos=1.0, gamma_neg=4.0, clip=0.05, **options)  # noqa: E731
+        kernel, elements = asymmetric_loss, asymmetric_elements
+        options = dict(options, gamma_pos=1.0, gamma_neg=4.0, clip=0.05)
+    sums = kernel(x, t, grad_out=grad, **options)
+
+    def reference(v):
+        return elements(v, t, **options)
+
     np.testing.assert_allclose(sums.loss, reference(x).sum(), rtol=1e-11)
     numeric = elementwise_central_differences(reference, x)
     near_margin = np.abs(_sigmoid(x) - 0.05) < 1e-3 if loss == "asymmetric" else np.zeros(shape, bool)
