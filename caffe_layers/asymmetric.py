@@ -288,7 +288,8 @@ def _asymmetric_block(x, t, o, scale, work, grad, prob, skip=None):
             if focus_neg is not None:
                 np.multiply(neg_grad, focus_neg, out=neg_grad)
         else:
-            # focus_neg = p_m below, so the bracket is below (p_m / A - gamma_neg log A)
+            # focus_neg = p_m below, so the bracket is below (p_m / A - gamma_neg log A): one pass
+            # fewer than taking focus_neg / A and below log A apart
             neg_grad = np.divide(p_m, a, out=a)
             np.subtract(neg_grad, np.multiply(log_a, gn, out=log_a), out=neg_grad)
             np.multiply(neg_grad, below, out=neg_grad)
