@@ -367,3 +367,26 @@ def test_tiny_losses_keep_their_digits(x, t, dtype, count):
     targets = np.full((1, count), t, dtype=dtype)
     sums = asymmetric_loss(scores, targets, gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
     assert sums.loss == pytest.approx(count * np.log1p(np.exp(-abs(x))), rel=1e-6, abs=0)
+
+
+# --- the reference itself, against the hand values and the released formula --------------
+
+@pytest.mark.parametrize("x,t,options,loss,gradient", HAND)
+def test_the_reference_gives_the_values_by_hand(x, t, options, loss, gradient):
+    options = {k: v for k, v in options.items() if k in LOSS_OPTIONS}
+    assert asymmetric_elements(np.array([[x]]), np.array([[t]]), **options)[0, 0] == pytest.approx(
+        loss, rel=1e-13, abs=1e-300)
+
+
+@pytest.mark.parametrize("gamma_pos,gamma_neg,clip", [(0.0, 4.0, 0.05), (1.0, 4.0, 0.05), (2.0, 2.0, 0.0),
+                                                       (0.5, 1.0, 0.3)])
+def test_the_reference_is_the_released_formula_for_binary_targets(rng, gamma_pos, gamma_neg, clip):
+    x, t = _inputs(rng, (16, 80), "binary", clip)
+    x = np.clip(x * 2, -14.9, 14.9)
+    ours = asymmetric_elements(x, t, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+    np.testing.assert_allclose(ours, _released(x, t, gamma_pos, gamma_neg, clip), rtol=1e-9, atol=1e-15)
+    # and with detached focusing the weights are evaluated where told
+    shifted = x + 0.3
+    ours = asymmetric_elements(x, t, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, focusing_scores=shifted)
+    np.testing.assert_allclose(ours, _released(x, t, gamma_pos, gamma_neg, clip, weight_at=shifted), rtol=1e-9,
+                               atol=1e-15)

@@ -276,3 +276,25 @@ def test_sigmoid_losses_on_each_flat_blocks_path(rng, shape, path, loss):
     kept = t != -1
     assert sums.valid == np.count_nonzero(kept)
     np.testing.assert_allclose(sums.positives, t[kept].sum(), rtol=1e-12)
+
+
+# --- the references the tests above rely on, against values by hand -----------------------
+
+def test_focal_reference_by_hand():
+    # x = log 3, t = 1: p = 3/4, 1 - p_t = 1/4, ce = log(4/3); alpha 0.25; class weight 2, sample weight 3
+    value = sigmoid_focal_elements(np.array([[np.log(3.0)]]), np.array([[1.0]]), gamma=2.0, alpha=0.25,
+                                   class_weights=[2.0], weights=np.array([3.0]))
+    assert value[0, 0] == pytest.approx(6 * 0.25 * (1 / 16) * np.log(4 / 3), rel=1e-14)
+    # x = 0, t = 0: ce = log 2, (1 - p_t)^gamma = 1/2^gamma; ignored: 0
+    value = sigmoid_focal_elements(np.zeros((1, 2)), np.array([[0.0, -1.0]]), gamma=0.5, ignore_label=-1)
+    np.testing.assert_allclose(value, [[np.log(2) / np.sqrt(2), 0.0]], rtol=1e-14)
+
+
+def test_softmax_reference_by_hand():
+    # scores (0, log 2, log 5): softmax (1/8, 2/8, 5/8)
+    x = np.array([[0.0, np.log(2.0), np.log(5.0)]])
+    assert softmax_positions(x, np.array([[0.0, 1.0, 0.0]]))[0] == pytest.approx(np.log(4.0), rel=1e-14)
+    assert softmax_positions(x, np.array([1.0]))[0] == pytest.approx(np.log(4.0), rel=1e-14)
+    # targets (0, 2, 1), "none": -2 log(2/8) - log(5/8)
+    assert softmax_positions(x, np.array([[0.0, 2.0, 1.0]]), target_normalization="none")[0] == pytest.approx(
+        -2 * np.log(2 / 8) - np.log(5 / 8), rel=1e-14)
