@@ -18,6 +18,7 @@ from references import (asymmetric_elements, central_differences, elementwise_ce
 
 GAMMAS = [0.0, 1.0, 2.0, 0.5, 4.0]
 CLIPS = [0.0, 0.05, 0.3]
+SPARSE_TARGETS = asymmetric.SPARSE_TARGETS  # as shipped, before any test changes it
 LOSS_OPTIONS = ("gamma_pos", "gamma_neg", "clip", "class_weights", "weights", "ignore_label")
 
 
@@ -28,8 +29,8 @@ def _sigmoid(x):
 def _inputs(rng, shape, kind, clip=0.0, dtype=np.float64):
     """Scores ~ N(0, 3), kept at least 0.02 away in logit from the margin (where the loss has a
     kink or a steep third derivative, so central differences are off), and targets of a kind:
-    "binary" (about 30% ones: the dense walk), "multi_hot" (one 1 per sample plus a few: the
-    sparse walk) or "soft" (uniform in [0, 1])."""
+    "binary" (about 30% ones: the dense walk), "multi_hot" (one 1 per sample of 64 elements or
+    more, plus 0.5%: the sparse walk) or "soft" (uniform in [0, 1])."""
     x = rng.normal(scale=3.0, size=shape)
     if clip > 0:
         margin = np.log(clip / (1 - clip))
@@ -37,8 +38,12 @@ def _inputs(rng, shape, kind, clip=0.0, dtype=np.float64):
     if kind == "binary":
         t = (rng.uniform(size=shape) < 0.3).astype(np.float64)
     elif kind == "multi_hot":
-        t = (rng.uniform(size=shape) < 0.01).astype(np.float64)
-        t.reshape(shape[0], -1)[np.arange(shape[0]), rng.integers(0, t[0].size, size=shape[0])] = 1
+        t = (rng.uniform(size=shape) < 0.005).astype(np.float64)
+        per_sample = t[0].size
+        if per_sample >= 64:  # a label per sample, where that keeps the targets sparse
+            t.reshape(shape[0], -1)[np.arange(shape[0]), rng.integers(0, per_sample, size=shape[0])] = 1
+        t.reshape(-1)[0] = 1
+        assert np.count_nonzero(t) <= SPARSE_TARGETS * t.size  # so that the sparse walk runs
     else:
         t = rng.uniform(size=shape)
     return x.astype(dtype), t.astype(dtype)
@@ -68,7 +73,7 @@ def _run(x, t, **options):
 def test_every_gamma_and_clip_against_the_reference(rng, gamma_pos, gamma_neg, clip, detach):
     options = dict(gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, detach_focal_weight=detach)
     for kind in ("binary", "multi_hot", "soft"):
-        x, t = _inputs(rng, (6, 40), kind, clip)
+        x, t = _inputs(rng, (6, 80), kind, clip)
         sums, grad, prob = _run(x, t, **options)
         losses, numeric = _reference(x, t, **options)
         np.testing.assert_allclose(sums.loss, losses.sum(), rtol=1e-12)
@@ -97,7 +102,7 @@ OPTION_SETS = [
 
 
 @pytest.mark.parametrize("options", OPTION_SETS)
-@pytest.mark.parametrize("shape", [(6, 40), (3, 4, 5, 2)])
+@pytest.mark.parametrize("shape", [(6, 80), (3, 4, 5, 4)])
 @pytest.mark.parametrize("kind", ["binary", "multi_hot", "soft"])
 @pytest.mark.parametrize("weights", [None, "sample", "element"])
 @pytest.mark.parametrize("ignore_label", [None, -1.0, 255.0])
@@ -136,8 +141,8 @@ def test_both_walks_on_any_targets(rng, monkeypatch, always_sparse, kind):
     # every block walked as negatives with the non-zeros redone (1.0), or never (-1.0)
     monkeypatch.setattr(asymmetric, "SPARSE_TARGETS", 1.0 if always_sparse else -1.0)
     options = dict(gamma_pos=1.0, gamma_neg=4.0, clip=0.05, class_weights=rng.uniform(size=7),
-                   weights=rng.uniform(size=(30, 7, 9)), ignore_label=-1.0)
-    x, t = _inputs(rng, (30, 7, 9), kind, 0.05)
+                   weights=rng.uniform(size=(30, 7, 10)), ignore_label=-1.0)
+    x, t = _inputs(rng, (30, 7, 10), kind, 0.05)
     t[rng.uniform(size=t.shape) < 0.1] = -1
     sums, grad, _ = _run(x, t, **options)
     losses, numeric = _reference(x, t, **options)
@@ -344,12 +349,27 @@ def test_float32_blob_with_sample_weights_and_ignore_label(rng):
     assert sums.valid == x.size - 2 * 720 * 2 * 16
 
 
+@pytest.mark.parametrize("kind", ["binary", "multi_hot"])
+def test_fortran_ordered_arrays(rng, kind):
+    # (N, C) blobs in column-major order: the blocks are views, the non-zeros are found by index
+    x, t = _inputs(rng, (50, 80), kind, 0.05)
+    x, t = np.asfortranarray(x), np.asfortranarray(t)
+    w = np.asfortranarray(rng.uniform(size=x.shape))
+    grad = np.asfortranarray(np.full_like(x, np.nan))
+    prob = np.asfortranarray(np.full_like(x, np.nan))
+    sums = asymmetric_loss(x, t, gamma_pos=1.0, weights=w, grad_out=grad, prob_out=prob)
+    losses, numeric = _reference(x, t, gamma_pos=1.0, weights=w)
+    np.testing.assert_allclose(sums.loss, losses.sum(), rtol=1e-12)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(prob, _sigmoid(x), rtol=1e-14)
+
+
 def test_inputs_are_not_modified_and_outputs_are_optional(rng):
-    x, t = _inputs(rng, (8, 40), "multi_hot", 0.05, dtype=np.float32)
+    x, t = _inputs(rng, (8, 80), "multi_hot", 0.05, dtype=np.float32)
     t[0, :3] = -1
     w = rng.uniform(size=x.shape).astype(np.float32)
     before = [a.copy() for a in (x, t, w)]
-    options = dict(gamma_pos=1.0, class_weights=np.linspace(0.5, 2, 40), weights=w, ignore_label=-1)
+    options = dict(gamma_pos=1.0, class_weights=np.linspace(0.5, 2, 80), weights=w, ignore_label=-1)
     with_grad = asymmetric_loss(x, t, grad_out=np.empty_like(x), **options)
     without = asymmetric_loss(x, t, **options)
     for a, b in zip((x, t, w), before):
