@@ -1,9 +1,10 @@
 # make demo : set up, then train the three example nets on bundled data and print their table
 # make test : set up, then run the test suite
 # make bench: set up, then time our layers against Caffe's built-in loss layers
+# make mutants: set up, then check that the tests catch every curated mutant (10-30 minutes; docs/mutants.md)
 VENV := .venv
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench mutants clean
 setup:
 	bash scripts/setup.sh
 
@@ -15,6 +16,9 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_losses.py
+
+mutants: setup
+	$(VENV)/bin/python scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

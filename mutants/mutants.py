@@ -23,6 +23,9 @@ CONFIG = "caffe_layers/config.py"
 LAYERS = "caffe_layers/layers.py"
 METRICS_LAYER = "caffe_layers/metrics_layer.py"
 NETSPEC = "caffe_layers/netspec.py"
+METRICS = "caffe_layers/metrics.py"
+DECODING = "caffe_layers/decoding.py"
+CLASS_WEIGHTS = "caffe_layers/class_weights.py"
 
 EDGE = "tests/test_edge_cases.py"
 FOCAL_MATH = "tests/test_focal_math.py"
@@ -33,6 +36,10 @@ LAYER_MISTAKES = "tests/test_layer_mistakes.py"
 ERRORS = "tests/test_errors.py"
 METRICS_LAYER_TESTS = "tests/test_metrics_layer.py"
 NETSPEC_TESTS = "tests/test_netspec.py"
+KERNEL_EDGES = "tests/test_kernel_edges.py"
+METRICS_TESTS = "tests/test_metrics.py"
+DECODING_TESTS = "tests/test_decoding.py"
+CLASS_WEIGHTS_TESTS = "tests/test_class_weights.py"
 
 
 def M(name, file, old, new, bug, *tests):
@@ -236,7 +243,7 @@ MUTANTS = [
       "        np.multiply(v, w, out=v)           # from here on v carries the position weight\n",
       "",
       "class-index targets: the position weight on the loss but not on the gradient",
-      SOFTMAX_MATH),
+      SOFTMAX_MATH, EDGE),
 
     # ------------------------------------------------------------ param_str and configs
     M("params-json-file-unchecked", PARAMS,
@@ -256,7 +263,7 @@ MUTANTS = [
       "        if name in canonical:",
       "        if key in canonical:",
       "a key given under two spellings (gamma and focusing_parameter) not noticed",
-      PARAMS_TESTS),
+      PARAMS_TESTS, EDGE),
     M("params-nan-accepted", PARAMS,
       "finite = is_number(value) and math.isfinite(value)",
       "finite = is_number(value)",
@@ -331,6 +338,7 @@ MUTANTS = [
       "softmax batch_size normaliser is N, not the product of the axes before 'axis'",
       LAYER_MISTAKES),
     M("layers-sigmoid-ignore-label-refused", LAYERS,
+      "        if self.config.ignore_label is not None:\n"
       "            bad &= targets != self.config.ignore_label\n"
       "        if bad.any():\n"
       "            allowed = \"in [0, 1]\"",
@@ -369,7 +377,7 @@ MUTANTS = [
       "bad = ~((targets >= 0) & (targets < num_classes) & (targets == np.floor(targets)))",
       "bad = ~((targets >= 0) & (targets < num_classes))",
       "a fractional class index (1.5) accepted and truncated",
-      ERRORS, EDGE),
+      EDGE, ERRORS),
     M("layers-no-loss-weight-warning", LAYERS,
       "if top[0].diff.flat[0] == 0:",
       "if top[0].diff.flat[0] < 0:",
@@ -412,6 +420,113 @@ MUTANTS = [
       "if \"'\" in raw:",
       "to_prototxt writes a param_str with backslashes in single quotes, unescaped",
       NETSPEC_TESTS, EDGE),
+
+    # ------------------------------------------------------------ metrics, decoding, class weights
+    M("metrics-ap-ties-one-by-one", METRICS,
+      "last[:-1] = s[:-1] != s[1:]",
+      "last[:-1] = True",
+      "average precision: tied scores admitted one at a time instead of as one threshold",
+      METRICS_TESTS),
+    M("metrics-macro-f1-empty-class-zero", METRICS,
+      "return nan_mean(_ratio(2 * tp, 2 * tp + fp + fn))",
+      "return nan_mean(np.nan_to_num(_ratio(2 * tp, 2 * tp + fp + fn)))",
+      "macro F1 counts a class with neither positives nor predictions as 0 instead of leaving it out",
+      METRICS_TESTS),
+    M("metrics-precision-at-k-over-k", METRICS,
+      "precision = _ratio(hits, np.minimum(k, n_valid))",
+      "precision = _ratio(hits, k)",
+      "precision@k divides by k even when a sample has fewer valid classes",
+      METRICS_TESTS),
+    M("metrics-f1-counts-ignored-predictions", METRICS,
+      "predicted = np.asarray(predicted, bool) & valid",
+      "predicted = np.asarray(predicted, bool)",
+      "F1 counts a prediction on an ignored entry as a false positive",
+      METRICS_TESTS),
+    M("metrics-evaluate-predicted-ignored", METRICS,
+      "out[\"predicted\"] = np.sum(predicted & all_valid(labels, valid), axis=0)",
+      "out[\"predicted\"] = np.sum(predicted, axis=0)",
+      "evaluate's predictions per class count ignored entries",
+      METRICS_TESTS),
+    M("metrics-report-micro-pools-ignored", METRICS,
+      "y, p = positive[valid], predicted[valid]",
+      "y, p = positive.ravel(), predicted.ravel()",
+      "the pooled (micro) figures of report include ignored entries",
+      METRICS_TESTS),
+    M("metrics-evaluate-ignore-label-one", METRICS,
+      "if ignore_label is not None and ignore_label in (0, 1):",
+      "if ignore_label is not None and ignore_label == 0:",
+      "evaluate accepts ignore_label 1, which leaves out every positive",
+      METRICS_TESTS, EDGE),
+    M("decoding-precision-highest-threshold", DECODING,
+      "best = int(reached[0])",
+      "best = int(reached[-1])",
+      "precision calibration takes the highest threshold reaching the target, not the lowest",
+      DECODING_TESTS),
+    M("decoding-mass-one-short", DECODING,
+      "count = np.sum(cumulative < mass - MASS_TOLERANCE, axis=1) + 1",
+      "count = np.sum(cumulative < mass - MASS_TOLERANCE, axis=1)",
+      "cumulative mass stops one class before the one that reaches the level",
+      DECODING_TESTS),
+    M("decoding-mass-min-count-ignored", DECODING,
+      "count = np.clip(count, min_count, min(max_count, num_classes))",
+      "count = np.clip(count, 1, min(max_count, num_classes))",
+      "cumulative mass ignores min_count",
+      DECODING_TESTS),
+    M("decoding-mass-tolerance-sign", DECODING,
+      "cumulative < mass - MASS_TOLERANCE",
+      "cumulative < mass + MASS_TOLERANCE",
+      "the float32 rounding tolerance of the mass level applied the wrong way",
+      DECODING_TESTS),
+    M("decoding-top-k-lowest", DECODING,
+      "order = np.argsort(-scores, axis=1, kind=\"stable\")[:, :k]",
+      "order = np.argsort(scores, axis=1, kind=\"stable\")[:, :k]",
+      "top-k picks the k lowest scores",
+      DECODING_TESTS),
+    M("decoding-threshold-strict", DECODING,
+      "return np.asarray(scores) >= np.asarray(thresholds, dtype=np.float64)",
+      "return np.asarray(scores) > np.asarray(thresholds, dtype=np.float64)",
+      "a score equal to its class's threshold is not predicted",
+      DECODING_TESTS, EDGE),
+    M("decoding-softmax-over-samples", DECODING,
+      "return softmax(scores, axis=1)",
+      "return softmax(scores, axis=0)",
+      "the softmax activation normalises over samples instead of classes",
+      DECODING_TESTS),
+    M("decoding-thresholds-count-unchecked", DECODING,
+      "    if len(values) != num_classes:\n",
+      "    if len(values) > num_classes:\n",
+      "a thresholds file with fewer thresholds than classes accepted",
+      DECODING_TESTS, EDGE),
+    M("class-weights-alpha-swapped", CLASS_WEIGHTS,
+      "return w_pos / (w_pos + w_neg)",
+      "return w_neg / (w_pos + w_neg)",
+      "alpha from counts weighs the negatives' share instead of the positives'",
+      CLASS_WEIGHTS_TESTS),
+    M("class-weights-sum-one", CLASS_WEIGHTS,
+      "return w_pos / w_pos.mean()",
+      "return w_pos / w_pos.sum()",
+      "class weights scaled to sum 1 instead of mean 1",
+      CLASS_WEIGHTS_TESTS),
+    M("class-weights-negatives-not-floored", CLASS_WEIGHTS,
+      "negatives = np.maximum(np.asarray(valid, dtype=np.float64) - positives, min_count)",
+      "negatives = np.asarray(valid, dtype=np.float64) - positives",
+      "min_count raises the positives but not the negatives (kind alpha)",
+      CLASS_WEIGHTS_TESTS, EDGE),
+    M("class-weights-effective-number-log1p", CLASS_WEIGHTS,
+      "return (1.0 - beta) / -np.expm1(counts * np.log(beta))",
+      "return (1.0 - beta) / -np.expm1(counts * np.log1p(-beta))",
+      "effective number: 1 - (1 - beta)^n instead of 1 - beta^n",
+      CLASS_WEIGHTS_TESTS),
+    M("class-weights-ignore-label-refused", CLASS_WEIGHTS,
+      "bad = valid & (labels != 0) & (labels != 1)",
+      "bad = (labels != 0) & (labels != 1)",
+      "label counts refuse the ignore_label entries they should leave out",
+      CLASS_WEIGHTS_TESTS),
+    M("class-weights-valid-is-n", CLASS_WEIGHTS,
+      "return np.sum((labels == 1) & valid, axis=0), np.sum(valid, axis=0)",
+      "return np.sum((labels == 1) & valid, axis=0), np.full(labels.shape[1], len(labels))",
+      "label counts: every sample counted as labelled, ignored entries included",
+      CLASS_WEIGHTS_TESTS),
 ]
 
 
@@ -420,22 +535,29 @@ def apply(mutant, text):
     return text.replace(mutant.old, mutant.new, 1)
 
 
-def problems(root):
-    """What keeps the list from applying to the checkout at ``root``: a list of one-line messages."""
+def problems(root, mutants=None):
+    """What keeps the list (or the given ``mutants`` of it) from applying to the checkout at
+    ``root``: a list of one-line messages, each starting with the mutant's name."""
     root = Path(root)
     found = []
     names = [m.name for m in MUTANTS]
     for name in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"{name}: the name is used {names.count(name)} times")
-    for m in MUTANTS:
+    for m in MUTANTS if mutants is None else mutants:
         path = root / m.file
         if not path.is_file():
             found.append(f"{m.name}: {m.file} does not exist")
             continue
-        count = path.read_text().count(m.old)
+        text = path.read_text()
+        count = text.count(m.old)
         if count != 1:
             found.append(f"{m.name}: its old text occurs {count} times in {m.file} (it must occur once): "
                          f"{m.old.strip().splitlines()[0][:80]!r}")
+        elif m.file.endswith(".py"):
+            try:  # a mutant that does not compile is caught by any import: it would test nothing
+                compile(apply(m, text), m.file, "exec")
+            except SyntaxError as error:
+                found.append(f"{m.name}: the mutated {m.file} does not compile ({error.msg}, line {error.lineno})")
         if m.old == m.new:
             found.append(f"{m.name}: old and new are the same text")
         if not m.bug or "\n" in m.bug:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
+from caffe_layers import class_weights as cw
+from caffe_layers import metrics
 from caffe_layers.focal import sigmoid_focal_loss
 from caffe_layers.multilabel_softmax import multilabel_softmax_loss
 from nets import input_layer, net, python_loss
@@ -175,6 +177,24 @@ def test_softmax_class_index_targets_with_class_weights_and_sum_normalization(rn
     assert sums.valid == int(has.sum())
 
 
+@pytest.mark.parametrize("options", [dict(), dict(label_smoothing=0.1), dict(ignore_label=255)],
+                         ids=["plain", "smoothing", "ignore_label"])
+@pytest.mark.parametrize("weights_shape", [(4,), (4, 3)])
+def test_softmax_class_index_targets_with_a_weights_bottom(rng, options, weights_shape):
+    x = rng.normal(size=(4, 5, 3))
+    labels = rng.integers(0, 5, size=(4, 3)).astype(np.float64)
+    if "ignore_label" in options:
+        labels[1, 2] = 255
+    weights = rng.uniform(0.1, 2.0, size=weights_shape)
+    grad = np.empty_like(x)
+    sums = multilabel_softmax_loss(x, labels, weights=weights, grad_out=grad, **options)
+
+    def reference(v):
+        return softmax_positions(v, labels, weights=weights, **options).sum()
+    np.testing.assert_allclose(sums.loss, reference(x), rtol=1e-12)
+    np.testing.assert_allclose(grad, central_differences(reference, x), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("row", [[100.0, 99.0, 0.0], [-100.0, -101.0, -120.0], [-200.0, -199.0, -250.0]])
 def test_softmax_class_index_targets_at_extreme_float32_scores(row):
     # exp(100) overflows float32 and exp(-100) is subnormal: the max shift must be taken here
@@ -299,6 +319,15 @@ def test_class_weights_and_class_balances_together_are_refused(make_net):
         _focal_net(make_net, (2, 2), params)
 
 
+@pytest.mark.parametrize("param_str", ["{'gamma': 2, 'focusing_parameter': 3}", "{'focusing_parameter': 3, 'gamma': 2}"])
+def test_a_key_and_its_alias_together_are_refused_in_either_order(make_net, param_str):
+    text = net(input_layer({"score": (2, 2), "label": (2, 2)}),
+               python_loss("SigmoidFocalLoss", ["score", "label"])).replace("param_str: '{}'", f'param_str: "{param_str}"')
+    with pytest.raises(ValueError, match=r"^SigmoidFocalLoss: '(gamma|focusing_parameter)' and another spelling of "
+                                         r"'gamma' are both given; give one$"):
+        make_net(text)
+
+
 # --- NetSpec: a param_str that needs escapes ----------------------------------------------------
 
 def test_to_prototxt_keeps_a_param_str_with_backslashes(tmp_path):
@@ -314,3 +343,17 @@ def test_to_prototxt_keeps_a_param_str_with_backslashes(tmp_path):
     parsed = text_format.Merge(text, caffe_pb2.NetParameter())
     layer = [layer for layer in parsed.layer if layer.type == "Python"][0]
     assert json.loads(layer.python_param.param_str) == {"metrics": ["mAP"], "threshold": "runs\\thresholds.json"}
+
+
+# --- metrics, decoding and class weights ---------------------------------------------------------
+
+def test_evaluate_refuses_ignore_label_one():
+    with pytest.raises(ValueError, match=r"^ignore_label 1 would leave out every positive label$"):
+        metrics.evaluate(np.full((3, 2), 0.5), np.ones((3, 2)), 0.5, ignore_label=1)
+
+
+def test_min_count_raises_the_negatives_of_alpha_too():
+    # class 0: 10 positives, 0 negatives -> raised to 1: alpha = (1/10) / (1/10 + 1/1) = 1/11;
+    # class 1: 2 positives, 8 negatives: alpha = (1/2) / (1/2 + 1/8) = 0.8
+    alpha = cw.class_weights([10, 2], [10, 10], kind="alpha", min_count=1)
+    np.testing.assert_allclose(alpha, [1 / 11, 0.8], rtol=1e-12)
