@@ -29,7 +29,7 @@ fractional gammas stay finite at saturation.
 
 How it is computed: the blob is walked in contiguous blocks (``caffe_layers.blocks``) with
 scratch arrays reused from block to block, no temporary of the blob's size. A block of dense
-or soft targets takes one ``exp`` and one ``log1p`` per element, and one ``log`` more for
+or soft targets takes one ``exp`` and one ``log`` (of 1 + e) per element, and one ``log`` more for
 ``log A`` when ``m > 0``. A block of multi-hot targets, mostly zeros (``SPARSE_TARGETS``), is
 walked as if every target were 0 (one ``exp`` and one ``log A``, no ``log p``, nothing with
 ``t``), and its few non-zero targets are computed again with their targets, all in one block
@@ -39,7 +39,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .blocks import Scratch, as_ncs, flat_blocks
+from .blocks import ElementWeights, Scratch, as_ncs, flat_blocks, ncs_views, take_flat
+from .focal import log1p_small
 
 AsymmetricSums = namedtuple("AsymmetricSums", "loss valid positives")
 AsymmetricSums.__doc__ = """Sums over all elements: ``loss`` (float), ``valid`` (non-ignored elements),
@@ -75,51 +76,26 @@ def asymmetric_loss(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05,
     """
     ncs = as_ncs(scores.shape)
     dtype = np.result_type(scores.dtype, np.float32)  # float32 blobs stay float32, float64 stays
-    x_all = scores.reshape(ncs)
-    t_all = targets.reshape(ncs)
-    grad_all = None if grad_out is None else grad_out.reshape(ncs)
-    prob_all = None if prob_out is None else prob_out.reshape(ncs)
+    x_all, t_all, grad_all, prob_all = ncs_views(ncs, scores, targets, grad_out, prob_out)
     options = _Options(float(gamma_pos), float(gamma_neg), float(clip), bool(detach_focal_weight), dtype)
-    if class_weights is not None:
-        class_weights = np.asarray(class_weights, dtype=dtype).reshape((1, ncs[1], 1))
-    per_sample = False
-    if weights is not None:
-        weights = np.asarray(weights, dtype=dtype)
-        # decided by the number of dimensions, never by a dimension's size: (N,) is one weight
-        # per sample, (N, 1, 1) here; anything else is one per element, of the scores' shape
-        per_sample = weights.ndim == 1
-        weights = weights.reshape((ncs[0], 1, 1) if per_sample else ncs)
-    factor_count = (class_weights is not None) + (weights is not None) + (ignore_label is not None)
+    element_weights = ElementWeights(ncs, dtype, class_weights=class_weights, weights=weights,
+                                     ignore_label=ignore_label)
 
     scratch = Scratch(dtype)
     flags = Scratch(np.bool_)
-    extra_count = (ignore_label is not None) + (factor_count > 1)
+    extra_count = element_weights.cleans_targets + element_weights.needs_product
     loss = 0.0
     valid = 0
     positives = 0.0
     sparse = []  # flat indices into (N, C, S) of the non-zero targets of blocks walked as negatives
     for n, c, s in flat_blocks(ncs):
         x = x_all[n, c, s]
-        t = t_all[n, c, s]
         # the cleaned targets and the weights' product first, the math's arrays after them
         spare = list(scratch.arrays(x.shape, extra_count)) if extra_count else []
-        factors = []  # what multiplies each element's loss and gradient, broadcast to the block
-        if class_weights is not None:
-            factors.append(class_weights[:, c])
-        if weights is not None:
-            factors.append(weights[n] if per_sample else weights[n, c, s])
-        if ignore_label is not None:
-            kept = t != ignore_label
-            t = np.multiply(t, kept, out=spare.pop())  # ignored targets -> 0 (their weight is 0)
-            factors.append(kept)
-            valid += int(np.count_nonzero(kept))
-        else:
-            valid += x.size
-        scale = factors[0] if factors else None
-        if len(factors) > 1:
-            scale = np.multiply(factors[0], factors[1], out=spare.pop())
-            for factor in factors[2:]:
-                np.multiply(scale, factor, out=scale)
+        t, kept, kept_count = element_weights.targets(
+            n, c, s, t_all[n, c, s], out=spare.pop() if element_weights.cleans_targets else None)
+        valid += kept_count
+        scale = element_weights.scale(n, c, s, kept, out=spare.pop() if spare else None)
         grad = None if grad_all is None else grad_all[n, c, s]
         prob = None if prob_all is None else prob_all[n, c, s]
         # count, then find, the non-zeros of the bool array t != 0: np.flatnonzero of the float
@@ -137,7 +113,7 @@ def asymmetric_loss(scores, targets, *, gamma_pos=0.0, gamma_neg=4.0, clip=0.05,
             loss += _asymmetric_block(x, t, options, scale, work, grad, prob)
     if sparse:
         sparse_loss, sparse_positives = _at_nonzero_targets(np.concatenate(sparse), x_all, t_all, options, dtype,
-                                                            class_weights, weights, per_sample, grad_all)
+                                                            element_weights, grad_all)
         loss += sparse_loss
         positives += sparse_positives
     return AsymmetricSums(loss, valid, positives)
@@ -164,22 +140,16 @@ class _Options:
         self.tiny = np.finfo(dtype).tiny
 
 
-def _at_nonzero_targets(flat, x_all, t_all, o, dtype, class_weights, weights, per_sample, grad_all):
+def _at_nonzero_targets(flat, x_all, t_all, o, dtype, element_weights, grad_all):
     """Loss sum and targets' sum of the elements at ``flat`` (indices into the C-ordered
     ``(N, C, S)`` arrays, non-zero targets that are not ignored), computed with their targets as
     one block of their own; their gradient is written into ``grad_all`` over what the
     all-negative walk wrote."""
     if flat.size == 0:
         return 0.0, 0.0
-    _, num_classes, inner = x_all.shape
-    x = _take(x_all, flat)
-    t = _take(t_all, flat)  # not ignored, so the targets as given
-    scale = None
-    if class_weights is not None:
-        scale = class_weights.reshape(-1)[flat // inner % num_classes]
-    if weights is not None:
-        w = weights.reshape(-1)[flat // (num_classes * inner)] if per_sample else _take(weights, flat)
-        scale = w if scale is None else scale * w
+    x = take_flat(x_all, flat)
+    t = take_flat(t_all, flat)  # not ignored, so the targets as given
+    scale = element_weights.at(flat, x_all.shape)
     grad = None if grad_all is None else np.empty(x.shape, dtype=dtype)
     loss = _asymmetric_block(x, t, o, scale, _work_arrays(Scratch(dtype), x.shape, 0, o, dense=True), grad, None)
     if grad is not None:
@@ -188,14 +158,6 @@ def _at_nonzero_targets(flat, x_all, t_all, o, dtype, class_weights, weights, pe
         else:
             grad_all[np.unravel_index(flat, grad_all.shape)] = grad
     return loss, float(np.add.reduce(t, axis=None))
-
-
-def _take(array, flat):
-    """``array``'s elements at C-order flat indices: through a flat view when it is contiguous
-    (a sixth of the time of indexing with three index arrays), else by their indices."""
-    if array.flags.c_contiguous:
-        return array.reshape(-1)[flat]
-    return array[np.unravel_index(flat, array.shape)]
 
 
 def _power(base, gamma, out):
@@ -234,9 +196,9 @@ def _asymmetric_block(x, t, o, scale, work, grad, prob, skip=None):
     r = np.divide(1, one_plus_e, out=sigmoid_abs)   # r = sigmoid(|x|)
     neg_log_p = None
     if t is not None or m == 0:
-        # np.log1p, not np.log(one_plus_e): exact where 1 + e rounds to 1 (float32 |x| > 17), and
-        # with numpy 2.4 as fast as np.log (0.3 ns per float32 element, benchmarks/README.md)
-        log1p_e = np.log1p(e, out=neg_log_p_array)
+        # log(1 + e) exact where 1 + e rounds to 1 (float32 |x| > 17), at the cost of np.log
+        # (focal.log1p_small says why not np.log1p); one_plus_e is free after this
+        log1p_e = log1p_small(e, one_plus_e, out=neg_log_p_array)
     x_nonneg = np.greater_equal(x, 0, out=spare_b)  # [x >= 0] as 0 or 1
     # p = r (x >= 0) or e r (x < 0) = max(e, [x >= 0]) r: two fast passes (np.where is one slow one)
     p = np.multiply(np.maximum(e, x_nonneg, out=prob_array), r, out=prob_array)

@@ -40,6 +40,11 @@ def as_ncs(shape, axis=1):
     return outer, shape[axis], inner
 
 
+def ncs_views(ncs, *arrays):
+    """Each array (None stays None) as its ``(N, C, S)`` view."""
+    return tuple(None if array is None else array.reshape(ncs) for array in arrays)
+
+
 def block_slices(ncs, block_elements=None, min_run=None, sample_elements=None):
     """Yield ``(n_slice, s_slice)`` pairs covering an ``(N, C, S)`` array in blocks of whole
     class vectors (the defaults, None, read this module's constants when called).
@@ -119,3 +124,73 @@ class Scratch:
                 self._flat.append(np.empty(max(size, self._flat[0].size if self._flat else 0), dtype=self.dtype))
             views = self._views[(shape, count)] = tuple(flat[:size].reshape(shape) for flat in self._flat[:count])
         return views
+
+
+class ElementWeights:
+    """What multiplies each element's loss and gradient in an element-wise loss, per
+    ``flat_blocks`` box: class weights ``(C,)``, weights per sample ``(N,)`` or per element (the
+    scores' shape), and the mask of targets that are not ``ignore_label``.
+
+    ``targets(n, c, s, t, out)`` -> ``(t with ignored targets set to 0, the kept mask or None,
+    number of kept elements)``; ``scale(n, c, s, kept, out, first=None)`` -> the product of the
+    factors (and ``first``, a factor of the caller's), or None when there is none. ``out``: a
+    scratch array of the block; ``cleans_targets`` and ``needs_product`` say whether each method
+    needs one.
+    """
+
+    def __init__(self, ncs, dtype, *, class_weights=None, weights=None, ignore_label=None):
+        self.class_weights = (None if class_weights is None
+                              else np.asarray(class_weights, dtype=dtype).reshape((1, ncs[1], 1)))
+        self.per_sample = False
+        self.weights = None
+        if weights is not None:
+            weights = np.asarray(weights, dtype=dtype)
+            # decided by the number of dimensions, never by a dimension's size: (N,) is one weight
+            # per sample, (N, 1, 1) here; anything else is one per element, of the scores' shape
+            self.per_sample = weights.ndim == 1
+            self.weights = weights.reshape((ncs[0], 1, 1) if self.per_sample else ncs)
+        self.ignore_label = ignore_label
+        self.cleans_targets = ignore_label is not None
+        self.needs_product = (class_weights is not None) + (weights is not None) + (ignore_label is not None) > 1
+
+    def targets(self, n, c, s, t, out):
+        if self.ignore_label is None:
+            return t, None, t.size
+        kept = t != self.ignore_label
+        return np.multiply(t, kept, out=out), kept, int(np.count_nonzero(kept))  # ignored -> 0 (weight 0)
+
+    def scale(self, n, c, s, kept, out, first=None):
+        factors = [f for f in (first,
+                               None if self.class_weights is None else self.class_weights[:, c],
+                               None if self.weights is None else
+                               (self.weights[n] if self.per_sample else self.weights[n, c, s]),
+                               kept) if f is not None]
+        if len(factors) < 2:
+            return factors[0] if factors else None
+        product = np.multiply(factors[0], factors[1], out=out)
+        for factor in factors[2:]:
+            np.multiply(product, factor, out=product)
+        return product
+
+    def at(self, flat, ncs):
+        """The factors' product at C-order flat indices of the ``(N, C, S)`` array (elements that
+        are not ignored), or None: for a loss that computes some elements apart."""
+        _, num_classes, inner = ncs
+        scale = None
+        if self.class_weights is not None:
+            scale = self.class_weights.reshape(-1)[flat // inner % num_classes]
+        if self.weights is not None:
+            if self.per_sample:
+                w = self.weights.reshape(-1)[flat // (num_classes * inner)]
+            else:
+                w = take_flat(self.weights, flat)
+            scale = w if scale is None else scale * w
+        return scale
+
+
+def take_flat(array, flat):
+    """``array``'s elements at C-order flat indices: through a flat view when it is contiguous
+    (a sixth of the time of indexing with three index arrays), else by their indices."""
+    if array.flags.c_contiguous:
+        return array.reshape(-1)[flat]
+    return array[np.unravel_index(flat, array.shape)]
