@@ -40,7 +40,7 @@ from . import metrics
 
 PYCAFFE_FIX = ("run `make setup` in the caffe-layers checkout (it builds Caffe into .venv), or put an "
                "existing build's python folder on the path: PYTHONPATH=/path/to/caffe/python")
-TOOLS_FIX = "pip install 'caffe-layers[tools]'"
+TOOLS_FIX = "pip install scikit-learn matplotlib tqdm h5py (the package's 'tools' extra; from a clone: pip install '.[tools]')"
 TOOLS_MODULES = {"h5py": "h5py", "sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm",
                  "scipy": "scipy"}
 SQUASHING = {"Sigmoid": "sigmoid", "Softmax": "softmax"}   # layer types whose top holds probabilities

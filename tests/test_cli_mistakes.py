@@ -437,11 +437,11 @@ def test_the_blocker_works(tmp_path):
      "PYTHONPATH=/path/to/caffe/python"),
     (["class-weights", "--data", "val.h5"], ["h5py"],
      "caffe-layers class-weights: error: this command needs the tools extra, and h5py is not installed "
-     "(No module named 'h5py'); pip install 'caffe-layers[tools]'"),
+     "(No module named 'h5py'); pip install scikit-learn matplotlib tqdm h5py (the package's 'tools' extra; from a clone: pip install '.[tools]')"),
     (["evaluate", *NET, "--data", "ok.npz", "--plot", ""], ["sklearn"],
-     "and scikit-learn is not installed (No module named 'sklearn'); pip install 'caffe-layers[tools]'"),
+     "and scikit-learn is not installed (No module named 'sklearn'); pip install scikit-learn matplotlib tqdm h5py (the package's 'tools' extra; from a clone: pip install '.[tools]')"),
     (["evaluate", *NET, "--data", "ok.npz"], ["matplotlib"],
-     "and matplotlib is not installed (No module named 'matplotlib'); pip install 'caffe-layers[tools]'"),
+     "and matplotlib is not installed (No module named 'matplotlib'); pip install scikit-learn matplotlib tqdm h5py (the package's 'tools' extra; from a clone: pip install '.[tools]')"),
 ])
 def test_missing_dependencies_name_the_fix(work, tmp_path, args, blocked, message):
     refused(work, args, message, env=without(tmp_path, *blocked))
