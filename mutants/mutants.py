@@ -2,8 +2,8 @@
 
 Each mutant is a small, realistic bug: in ``file``, the text ``old`` (which must occur exactly
 once there) replaced by ``new``; ``bug`` says in one line what a programmer would have got
-wrong; ``tests`` are the test files that must catch it (each is run with ``pytest -x``, fastest
-first). ``tests/test_mutants_list.py`` checks in CI that every mutant still applies, so this
+wrong; ``tests`` are the test files that must catch it, fastest first (or one test of a slow
+file, ``file::test_function``); they are run with ``pytest -x``. ``tests/test_mutants_list.py`` checks in CI that every mutant still applies, so this
 list cannot rot silently as the code changes: when a snippet no longer occurs, rewrite the
 mutant for today's code rather than dropping it.
 
@@ -21,13 +21,17 @@ BLOCKS = "caffe_layers/blocks.py"
 PARAMS = "caffe_layers/params.py"
 CONFIG = "caffe_layers/config.py"
 LAYERS = "caffe_layers/layers.py"
+ASYMMETRIC = "caffe_layers/asymmetric.py"
 METRICS_LAYER = "caffe_layers/metrics_layer.py"
 NETSPEC = "caffe_layers/netspec.py"
 METRICS = "caffe_layers/metrics.py"
 DECODING = "caffe_layers/decoding.py"
 CLASS_WEIGHTS = "caffe_layers/class_weights.py"
+CLI = "caffe_layers/cli.py"
 
 EDGE = "tests/test_edge_cases.py"
+ASYMMETRIC_MATH = "tests/test_asymmetric_math.py"
+ASYMMETRIC_NET = "tests/test_asymmetric_net.py"
 FOCAL_MATH = "tests/test_focal_math.py"
 SOFTMAX_MATH = "tests/test_softmax_math.py"
 LAYERS_NET = "tests/test_layers_net.py"
@@ -40,6 +44,10 @@ KERNEL_EDGES = "tests/test_kernel_edges.py"
 METRICS_TESTS = "tests/test_metrics.py"
 DECODING_TESTS = "tests/test_decoding.py"
 CLASS_WEIGHTS_TESTS = "tests/test_class_weights.py"
+CLI_TOOL = "tests/test_cli_tool.py"
+CLI_OPTIONS = "tests/test_cli_mistakes.py::test_option_mistakes_are_usage_errors"
+CLI_OUTPUTS = "tests/test_cli_mistakes.py::test_outputs_never_overwrite_inputs"
+CLI_SQUASHING = "tests/test_cli_mistakes.py::test_an_explicit_second_squashing_is_an_error"
 
 
 def M(name, file, old, new, bug, *tests):
@@ -49,21 +57,16 @@ def M(name, file, old, new, bug, *tests):
 MUTANTS = [
     # ------------------------------------------------------------ the focal kernel
     M("focal-log1p-rounding", FOCAL,
-      "log1p = np.log1p(e, out=ce)",
-      "log1p = np.log(np.add(e, 1, out=ce), out=ce)",
-      "log1p(e) taken as log(1 + e), which rounds to 0 for tiny e (x << 0, float32)",
+      "    np.log(one_plus_e, out=out)\n"
+      "    return np.add(out, np.subtract(e, np.subtract(one_plus_e, 1, out=one_plus_e), out=one_plus_e), out=out)\n",
+      "    return np.log(one_plus_e, out=out)\n",
+      "log(1 + e) without the rounding correction of 1 + e: 0 for tiny e (x << 0, float32)",
       FOCAL_MATH, EDGE),
     M("focal-scratch-count", FOCAL,
-      "    count = 10 + 2 * (ignore_label is not None or alpha is not None\n"
-      "                      or (class_weights is not None and weights is not None))\n",
-      "    count = 10 + 2 * (ignore_label is not None or alpha is not None)\n",
-      "too few scratch arrays when class weights and a weights bottom come together",
+      "count = product + (alpha is not None or element_weights.needs_product)",
+      "count = product + element_weights.needs_product",
+      "the scratch count forgets the array alpha_t is written into",
       FOCAL_MATH, EDGE),
-    M("focal-weights-by-size", FOCAL,
-      "factors.append(weights[n] if per_sample else weights[n, c, s])",
-      "factors.append(weights[n] if weights.shape[2] == 1 else weights[n, c, s])",
-      "(N, C) per-element weights taken per sample when S is 1: rows longer than a block crash",
-      FOCAL_MATH, LAYER_MISTAKES, EDGE),
     M("focal-gamma-factor-dropped", FOCAL,
       "    if gamma != 1:\n"
       "        np.multiply(e, gamma, out=e)\n",
@@ -98,11 +101,6 @@ MUTANTS = [
       "        positives += float(np.add.reduce(t_all[n, c, s], axis=None))",
       "'positives' summed over the raw targets, ignore_label entries included",
       FOCAL_MATH, LAYERS_NET, EDGE),
-    M("focal-valid-counts-ignored", FOCAL,
-      "            valid += int(np.count_nonzero(kept))",
-      "            valid += x.size",
-      "'valid' counts the ignored elements too",
-      FOCAL_MATH, LAYERS_NET),
     M("focal-gamma2-scratch-alias", FOCAL,
       "q_gamma = np.multiply(q, q, out=is_pos)",
       "q_gamma = np.multiply(q, q, out=q)",
@@ -118,16 +116,61 @@ MUTANTS = [
       "np.copyto(prob, r)",
       "the probabilities top gets sigmoid(|x|) instead of sigmoid(x)",
       FOCAL_MATH, LAYERS_NET),
-    M("focal-class-weights-not-sliced", FOCAL,
-      "factors.append(class_weights[:, c])",
-      "factors.append(class_weights)",
-      "class weights not sliced with a block that holds part of the classes",
-      FOCAL_MATH, EDGE),
     M("focal-one-minus-p-cancels", FOCAL,
       "one_minus_p = np.multiply(np.maximum(e, np.subtract(1, is_pos, out=tmp), out=tmp), r, out=tmp)",
       "one_minus_p = np.subtract(1, p, out=tmp)",
       "1 - p computed by subtraction: 0 at saturation, so q^gamma and its gradient vanish",
       FOCAL_MATH, EDGE),
+
+    # ------------------------------------------------------------ the asymmetric kernel
+    M("asymmetric-sparse-nonzeros-twice", ASYMMETRIC,
+      "loss = -float(np.add.reduce(loss_neg, axis=None)) + float(np.add.reduce(loss_neg.reshape(-1)[skip]))",
+      "loss = -float(np.add.reduce(loss_neg, axis=None))",
+      "sparse walk: the non-zero targets' loss as negatives not taken back out, so counted twice",
+      ASYMMETRIC_MATH),
+    M("asymmetric-sparse-offset", ASYMMETRIC,
+      "sparse.append(nonzero + ((n.start * ncs[1] + c.start) * ncs[2] + s.start))",
+      "sparse.append(nonzero + (n.start * ncs[1] + c.start) * ncs[2])",
+      "sparse walk: a block's flat offset forgets where its piece of a long row starts",
+      ASYMMETRIC_MATH),
+    M("asymmetric-sparse-positives", ASYMMETRIC,
+      "    return loss, float(np.add.reduce(t, axis=None))\n",
+      "    return loss, 0.0\n",
+      "sparse walk: the targets of the non-zeros left out of 'positives'",
+      ASYMMETRIC_MATH),
+    M("asymmetric-sparse-gradient-unweighted", ASYMMETRIC,
+      "        if scale is None:\n"
+      "            np.copyto(grad, neg_grad)\n"
+      "        else:\n"
+      "            np.multiply(neg_grad, scale, out=grad)\n",
+      "        np.copyto(grad, neg_grad)\n",
+      "sparse walk: weights on the loss but not on the negatives' gradient",
+      ASYMMETRIC_MATH),
+    M("asymmetric-detach-ignored-for-positives", ASYMMETRIC,
+      "if gp != 0 and not o.detach:",
+      "if gp != 0:",
+      "detach_focal_weight still differentiates (1 - p)^gamma_pos",
+      ASYMMETRIC_MATH),
+    M("asymmetric-margin-not-floored", ASYMMETRIC,
+      "        np.maximum(p_m, np.multiply(p_m, 0, out=spare_a), out=p_m)\n",
+      "",
+      "p - m not floored at 0: negatives below the margin get a loss (even gamma_neg)",
+      ASYMMETRIC_MATH),
+    M("asymmetric-gamma4-below-power", ASYMMETRIC,
+      "return focus, np.multiply(square, p_m, out=square)",
+      "return focus, square",
+      "gamma_neg 4: p_m^(gamma_neg - 1) taken as p_m^2",
+      ASYMMETRIC_MATH),
+    M("asymmetric-log-one-minus-p-cancels", ASYMMETRIC,
+      "log_a = np.subtract(np.subtract(x_neg_part, x, out=log_a_array), log1p_e, out=log_a_array)",
+      "log_a = np.subtract(np.subtract(x_neg_part, log1p_e, out=log_a_array), x, out=log_a_array)",
+      "no margin: log(1 - p) taken as log p - x, which cancels where it is tiny",
+      ASYMMETRIC_MATH),
+    M("asymmetric-negative-gradient-sign", ASYMMETRIC,
+      "np.multiply(neg_grad, -gn, out=neg_grad)",
+      "np.multiply(neg_grad, gn, out=neg_grad)",
+      "no margin: the gamma_neg term of the negatives' gradient with the wrong sign",
+      ASYMMETRIC_MATH),
 
     # ------------------------------------------------------------ the blocked walk
     M("blocks-flat-last-piece", BLOCKS,
@@ -157,6 +200,36 @@ MUTANTS = [
       "yield slice(n0, n0 + 1), slice(c0, min(c - 1, c0 + step)), slice(0, s)",
       "flat_blocks: the last class of a sample cut into class groups skipped",
       FOCAL_MATH, EDGE),
+    M("blocks-element-weights-by-size", BLOCKS,
+      "(self.weights[n] if self.per_sample else self.weights[n, c, s])",
+      "(self.weights[n] if self.weights.shape[2] == 1 else self.weights[n, c, s])",
+      "(N, C) per-element weights taken per sample when S is 1: rows longer than a block crash",
+      FOCAL_MATH, KERNEL_EDGES, LAYER_MISTAKES, EDGE),
+    M("blocks-valid-counts-ignored", BLOCKS,
+      "return np.multiply(t, kept, out=out), kept, int(np.count_nonzero(kept))",
+      "return np.multiply(t, kept, out=out), kept, t.size",
+      "'valid' counts the ignored elements too",
+      FOCAL_MATH, LAYERS_NET),
+    M("blocks-ignored-targets-kept", BLOCKS,
+      "return np.multiply(t, kept, out=out), kept, int(np.count_nonzero(kept))",
+      "return t, kept, int(np.count_nonzero(kept))",
+      "ignored targets masked out of the weights but left as they are (-1) in the math",
+      FOCAL_MATH, ASYMMETRIC_MATH),
+    M("blocks-class-weights-not-sliced", BLOCKS,
+      "None if self.class_weights is None else self.class_weights[:, c],",
+      "None if self.class_weights is None else self.class_weights,",
+      "class weights not sliced with a block that holds part of the classes",
+      FOCAL_MATH, KERNEL_EDGES, EDGE),
+    M("blocks-flat-index-class", BLOCKS,
+      "scale = self.class_weights.reshape(-1)[flat // inner % num_classes]",
+      "scale = self.class_weights.reshape(-1)[flat % num_classes]",
+      "the class of a flat index taken as flat mod C, forgetting the spatial axes",
+      ASYMMETRIC_MATH),
+    M("blocks-flat-index-sample", BLOCKS,
+      "w = self.weights.reshape(-1)[flat // (num_classes * inner)]",
+      "w = self.weights.reshape(-1)[flat // num_classes]",
+      "the sample of a flat index taken as flat div C, forgetting the spatial axes",
+      ASYMMETRIC_MATH),
     M("blocks-ncs-inner", BLOCKS,
       "for d in shape[axis + 1:]:",
       "for d in shape[axis + 2:]:",
@@ -527,6 +600,59 @@ MUTANTS = [
       "return np.sum((labels == 1) & valid, axis=0), np.full(labels.shape[1], len(labels))",
       "label counts: every sample counted as labelled, ignored entries included",
       CLASS_WEIGHTS_TESTS),
+
+    # ------------------------------------------------------------ the caffe-layers command
+    M("cli-two-decision-rules", CLI,
+      "    if len(chosen) > 1:\n",
+      "    if len(chosen) > 2:\n",
+      "two of --thresholds, --threshold, --top-k, --mass accepted together",
+      CLI_OPTIONS),
+    M("cli-batch-size-unchecked", CLI,
+      "for option in (\"batch_size\", \"top_k\", \"max_count\"):",
+      "for option in (\"top_k\", \"max_count\"):",
+      "--batch-size 0 not refused up front",
+      CLI_OPTIONS),
+    M("cli-ignore-label-zero", CLI,
+      "if given(\"ignore_label\") and args.ignore_label in (0, 1):",
+      "if given(\"ignore_label\") and args.ignore_label == 1:",
+      "--ignore-label 0 accepted, leaving out every negative label",
+      CLI_OPTIONS),
+    M("cli-threshold-below-zero", CLI,
+      "if loaded.probabilities and not 0 <= value <= 1:",
+      "if loaded.probabilities and value > 1:",
+      "a negative threshold on probabilities accepted (only the upper end checked)",
+      CLI_OPTIONS),
+    M("cli-target-precision-needed", CLI,
+      "        if not given(\"target_precision\"):\n"
+      "            raise UsageError(\"--method precision needs --target-precision P (0 < P <= 1)\")\n",
+      "",
+      "--method precision without --target-precision not caught by the tool's own check",
+      CLI_TOOL),
+    M("cli-outputs-over-inputs", CLI,
+      "    files.refuse_overwriting_inputs(outputs, inputs)\n",
+      "",
+      "an output path that is one of the inputs is not refused",
+      CLI_OUTPUTS),
+    M("cli-softmax-twice", CLI,
+      "if args.activation in (\"sigmoid\", \"softmax\"):",
+      "if args.activation == \"sigmoid\":",
+      "--activation softmax on a blob a Softmax layer made squashes it twice",
+      CLI_SQUASHING),
+    M("cli-batch-outputs-aliased", CLI,
+      "outputs.append(net.blobs[loaded.output].data.astype(np.float64))",
+      "outputs.append(net.blobs[loaded.output].data)",
+      "each batch's scores kept as a view of the blob, which the next forward overwrites",
+      CLI_TOOL),
+    M("cli-last-batch-not-reshaped", CLI,
+      "if blob.data.shape[0] != len(batch):",
+      "if blob.data.shape[0] < len(batch):",
+      "the input blob only grows: a smaller last batch does not fit",
+      CLI_TOOL),
+    M("cli-mass-sum-one-sided", CLI,
+      "off = np.flatnonzero(np.abs(sums - 1) > MASS_SUM_TOLERANCE)",
+      "off = np.flatnonzero(sums - 1 > MASS_SUM_TOLERANCE)",
+      "--mass accepts scores that sum to less than 1",
+      EDGE),
 ]
 
 
@@ -565,6 +691,9 @@ def problems(root, mutants=None):
         if not m.tests:
             found.append(f"{m.name}: no test files listed")
         for test in m.tests:
-            if not (root / test).is_file():
-                found.append(f"{m.name}: test file {test} does not exist")
+            file, _, function = test.partition("::")
+            if not (root / file).is_file():
+                found.append(f"{m.name}: test file {file} does not exist")
+            elif function and f"def {function}(" not in (root / file).read_text():
+                found.append(f"{m.name}: {file} has no test {function}")
     return found

@@ -6,6 +6,9 @@ float64 (``math``), the float64 references of ``caffe_layers.reference``, or sci
 """
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +360,33 @@ def test_min_count_raises_the_negatives_of_alpha_too():
     # class 1: 2 positives, 8 negatives: alpha = (1/2) / (1/2 + 1/8) = 0.8
     alpha = cw.class_weights([10, 2], [10, 10], kind="alpha", min_count=1)
     np.testing.assert_allclose(alpha, [1 / 11, 0.8], rtol=1e-12)
+
+
+# --- the caffe-layers command ---------------------------------------------------------------------
+
+def _files(folder):
+    """{name: (bytes, mtime_ns)} of every file in folder."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("bias, total", [(-3.0, 4 / (1 + math.exp(3))),    # 4 sigmoid(-3) = 0.1897 < 1
+                                         (2.0, 4 / (1 + math.exp(-2)))])   # 4 sigmoid(2) = 3.523 > 1
+def test_predict_mass_refuses_scores_that_do_not_sum_to_one(tmp_path, bias, total):
+    # a deploy net whose scores are the bias alone: every sample's sigmoid probabilities sum to `total`
+    (tmp_path / "deploy.prototxt").write_text(
+        input_layer({"data": (1, 3)}) + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "score" '
+                                        'inner_product_param { num_output: 4 } }\n')
+    built = caffe.Net(str(tmp_path / "deploy.prototxt"), caffe.TEST)
+    built.params["fc"][0].data[...] = 0.0
+    built.params["fc"][1].data[...] = bias
+    built.save(str(tmp_path / "w.caffemodel"))
+    np.savez(tmp_path / "new.npz", data=np.ones((5, 3), np.float32))
+    before = _files(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "caffe_layers.cli", "predict", "--model", "deploy.prototxt",
+                             "--weights", "w.caffemodel", "--data", "new.npz", "--mass", "0.9", "-o", "out.jsonl"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"caffe-layers predict: error: --mass needs probabilities that sum to 1 for each "
+                             f"sample, but sample 0's sum to {total:.4g} (activation sigmoid); give --activation "
+                             f"softmax (or a net that ends in Softmax), or decode with --threshold or --top-k\n")
+    assert _files(tmp_path) == before
