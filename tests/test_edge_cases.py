@@ -331,6 +331,17 @@ def test_a_key_and_its_alias_together_are_refused_in_either_order(make_net, para
         make_net(text)
 
 
+@pytest.mark.parametrize("clip, message", [(1, "'clip' must be in [0.0, 1.0) (got 1.0)"),
+                                           (-0.1, "'clip' must be in [0.0, 1.0) (got -0.1)")])
+def test_asymmetric_clip_of_one_is_refused(make_net, clip, message):
+    # clip 1 would put every negative below the margin (p - 1 <= 0): no negative could ever add loss
+    text = net(input_layer({"score": (2, 2), "label": (2, 2)}),
+               python_loss("AsymmetricLoss", ["score", "label"], {"clip": clip}))
+    with pytest.raises(ValueError) as error:
+        make_net(text)
+    assert str(error.value) == f"AsymmetricLoss: {message}"
+
+
 # --- NetSpec: a param_str that needs escapes ----------------------------------------------------
 
 def test_to_prototxt_keeps_a_param_str_with_backslashes(tmp_path):
