@@ -309,7 +309,7 @@ install() {  # cpu|cuda PYTHON PREFIX: every Caffe tool, libcaffe and pycaffe, i
 }
 
 usage="usage: build_caffe.sh {build PYTHON | install cpu|cuda PYTHON PREFIX | prepare DIR | fetch |"
-usage+=" flags cpu|cuda PYTHON PREFIX | key PYTHON | verify FILE SHA256 | patch SOURCE_DIR | packages}"
+usage+=" flags cpu|cuda PYTHON PREFIX | key PYTHON | verify FILE SHA256 | patch SOURCE_DIR | packages | sources}"
 case "${1:-}" in
   build)    [ $# -eq 2 ] || die "$usage"; build "$2" ;;
   install)  [ $# -eq 4 ] || die "$usage"; install "$2" "$3" "$4" ;;
@@ -322,5 +322,7 @@ case "${1:-}" in
   verify)   [ $# -eq 3 ] || die "$usage"; verify "$2" "$3" ;;
   patch)    [ $# -eq 2 ] || die "$usage"; patch_tree "$2" ;;
   packages) [ $# -eq 1 ] || die "$usage"; printf '%s\n' "${PACKAGES[@]}" ;;
+  sources)  [ $# -eq 1 ] || die "$usage"; echo "sha256 $CAFFE_SHA256"; read -ra tried <<< "$CAFFE_SOURCE"
+            printf '%s\n' "${tried[@]}" ;;
   *) die "$usage" ;;
 esac

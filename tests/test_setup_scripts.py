@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import queue
+import re
 import subprocess
 import sys
 import tarfile
@@ -133,11 +134,17 @@ def test_verify_accepts_the_right_checksum_and_rejects_a_wrong_one(tmp_path):
 
 
 def test_the_pins_name_debians_tarball_and_its_durable_address():
-    text = BUILD.read_text()
-    assert f'CAFFE_ORIG_SHA256="{PINNED_SHA256}"' in text
-    assert f'CAFFE_ORIG_SHA1="{PINNED_SHA1}"' in text
-    assert 'DURABLE_URLS="https://snapshot.debian.org/file/$CAFFE_ORIG_SHA1 ' in text
-    assert "/pool/main/c/caffe/$CAFFE_ORIG_TARBALL" in text
+    """The checksum and the sources tried, in order, as the recipe reports them; the sha1 in the
+    snapshot.debian.org address is checked against the real tarball below."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CAFFE_SOURCE", "CAFFE_SHA256")}
+    done = subprocess.run(["bash", str(BUILD), "sources"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"sha256 {PINNED_SHA256}"
+    assert lines[1] == "apt"
+    assert lines[2] == f"https://snapshot.debian.org/file/{PINNED_SHA1}"
+    assert re.fullmatch(r"https://snapshot\.debian\.org/archive/debian/\d{8}T\d{6}Z/pool/main/c/caffe/"
+                        r"caffe_1\.0\.0\+git20180821\.99bd997\.orig\.tar\.gz", lines[3])
 
 
 # ---- fetch: the apt route, the fallback, the checksum -----------------------------------------
