@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from . import files
+from .params import describe_bad
 
 METHODS = ("inverse_frequency", "effective_number")
 KINDS = ("class_weights", "alpha")
@@ -37,10 +38,8 @@ def label_counts(labels, ignore_label=None):
     valid = np.ones(labels.shape, bool) if ignore_label is None else labels != ignore_label
     bad = valid & (labels != 0) & (labels != 1)
     if bad.any():
-        row, col = np.argwhere(bad)[0]
         allowed = "0 or 1" + ("" if ignore_label is None else f" or the ignore label {ignore_label}")
-        raise ValueError(f"labels must be {allowed}; {int(bad.sum())} are not, the first at "
-                         f"({row}, {col}): {labels[row, col].item()!r}")
+        raise ValueError(f"labels must be {allowed}; {describe_bad(labels, bad)}")
     return np.sum((labels == 1) & valid, axis=0), np.sum(valid, axis=0)
 
 

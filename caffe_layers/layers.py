@@ -27,7 +27,7 @@ from .blocks import as_ncs
 from .config import AsymmetricConfig, FocalConfig, SoftmaxConfig
 from .focal import sigmoid_focal_loss
 from .multilabel_softmax import is_index_target, multilabel_softmax_loss
-from .params import per_class
+from .params import describe_bad, first_index, per_class
 
 
 def reported(method):
@@ -41,17 +41,6 @@ def reported(method):
             sys.stderr.flush()
             raise
     return wrapper
-
-
-def first_index(mask):
-    """The index tuple of the first True of ``mask``."""
-    return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape))
-
-
-def describe_bad(values, bad):
-    """``"N are not, the first at index (i, j): v"`` for the True entries of ``bad``."""
-    index = first_index(bad)
-    return f"{int(bad.sum())} are not, the first at index {index}: {float(values[index])!r}"
 
 
 def _sum_is_finite(array):

@@ -20,7 +20,8 @@ import numpy as np
 from . import metrics as m
 from .config import MetricsConfig
 from .decoding import activate, apply_thresholds, load_thresholds
-from .layers import blob_shapes, describe_bad, first_index, reported
+from .layers import blob_shapes, reported
+from .params import describe_bad, first_index
 
 
 class MultiLabelMetrics(caffe.Layer):

@@ -10,6 +10,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 
 def parse_param_str(layer, param_str, allowed, aliases=None, spellings=False):
     """Return the ``param_str`` dict with aliases renamed to their canonical keys.
@@ -170,6 +172,18 @@ def read_json_file(layer, key, path):
             return json.load(handle)
         except ValueError as error:
             raise ValueError(f"{layer}: {key!r} file {path!r} is not valid JSON: {error}") from None
+
+
+def first_index(mask):
+    """The index tuple of the first True of ``mask``."""
+    return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape))
+
+
+def describe_bad(values, bad):
+    """``"N are not, the first at index (i, j): v"`` for the True entries of ``bad``: the end of a
+    message that says what the values must be."""
+    index = first_index(bad)
+    return f"{int(bad.sum())} are not, the first at index {index}: {float(values[index])!r}"
 
 
 def per_class(layer, key, values, num_classes):

@@ -20,6 +20,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+def write_h5(path, x, y=None):
+    """An HDF5 file as Caffe's HDF5Data layer and the caffe-layers tool read it: float32 'data'
+    and, when given, 'label'."""
+    import h5py
+    with h5py.File(path, "w") as f:
+        f["data"] = np.asarray(x, np.float32)
+        if y is not None:
+            f["label"] = np.asarray(y, np.float32)
+
+
 @pytest.fixture
 def make_net(tmp_path):
     """make_net(prototxt_text, phase='TEST') -> caffe.Net built from a file in tmp_path."""

@@ -21,7 +21,7 @@ def test_label_counts_leave_out_the_ignore_label():
     positives, valid = cw.label_counts(labels, ignore_label=-1)
     np.testing.assert_array_equal(positives, [2, 1, 1])
     np.testing.assert_array_equal(valid, [3, 2, 1])
-    with pytest.raises(ValueError, match=r"labels must be 0 or 1; 3 are not, the first at \(0, 2\): -1"):
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1; 3 are not, the first at index \(0, 2\): -1.0"):
         cw.label_counts(labels)
     with pytest.raises(ValueError, match=r"labels must be \(N, C\) multi-hot, got shape \(3,\)"):
         cw.label_counts(np.ones(3))

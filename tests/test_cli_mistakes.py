@@ -391,7 +391,7 @@ DATA_MISTAKES = [
     ("scalar.h5", "data file 'scalar.h5': 'data' is a scalar (shape ()), expected (N, ...) inputs"),
     ("nan.h5", "data file 'nan.h5': 'data' holds a non-finite value (nan) in sample 17"),
     ("nan.npz", "data file 'nan.npz': 'data' holds a non-finite value (nan) in sample 17"),
-    ("nan_label.h5", "data file 'nan_label.h5': 'label': labels must be 0 or 1; 1 are not, the first at (5, 1): nan"),
+    ("nan_label.h5", "data file 'nan_label.h5': 'label': labels must be 0 or 1; 1 are not, the first at index (5, 1): nan"),
     ("text.h5", "data file 'text.h5': 'data' holds |S1 values, expected numbers"),
     ("folder", "data file 'folder' is a folder, not a file"),
 ]

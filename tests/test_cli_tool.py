@@ -14,6 +14,7 @@ from scipy.special import expit
 from scipy.special import softmax as scipy_softmax
 from sklearn.metrics import average_precision_score, f1_score
 
+from conftest import write_h5
 from nets import input_layer
 
 caffe = pytest.importorskip("caffe")
@@ -23,13 +24,6 @@ CLI = Path(sys.executable).parent / "caffe-layers"   # the console script `pip i
 FEATURES, CLASSES = 8, 4
 FC = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "score" '
       'inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.01 } } }\n')
-
-
-def write_h5(path, x, y=None):
-    with h5py.File(path, "w") as f:
-        f["data"] = np.asarray(x, np.float32)
-        if y is not None:
-            f["label"] = np.asarray(y, np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ROOT
+
 caffe = pytest.importorskip("caffe")
 h5py = pytest.importorskip("h5py")
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 from digits_data import DigitsSpec, NUM_CLASSES, make_digits  # noqa: E402
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
+
 DockerfileParser = pytest.importorskip("dockerfile_parse").DockerfileParser
 
-ROOT = Path(__file__).resolve().parent.parent
 GPU_DOCKERFILE = ROOT / "docker" / "Dockerfile"
 CPU_DOCKERFILE = ROOT / "docker" / "Dockerfile.cpu"
 TRAIN_MULTI_GPU = ROOT / "docker" / "train_multi_gpu.sh"

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 RUN = ROOT / "experiments" / "run.py"
 GUIDE = ROOT / "docs" / "choosing-a-loss.md"
 RESULTS = ROOT / "docs" / "choosing-a-loss.json"

@@ -10,6 +10,7 @@ from scipy.special import expit
 from scipy.special import softmax as scipy_softmax
 from sklearn.metrics import average_precision_score, f1_score
 
+from conftest import write_h5
 from nets import input_layer
 
 caffe = pytest.importorskip("caffe")
@@ -150,13 +151,6 @@ def test_bad_bottoms(make_net):
     with pytest.raises(FloatingPointError, match=r"bottom 0 \(scores\) has 1 non-finite values, the first at "
                                                  r"index \(1, 2\): nan"):
         n.forward()
-
-
-def write_h5(path, x, y):
-    import h5py
-    with h5py.File(path, "w") as f:
-        f["data"] = x.astype(np.float32)
-        f["label"] = y.astype(np.float32)
 
 
 def test_caffe_train_prints_the_tops_at_each_test_interval(run_caffe, tmp_path):

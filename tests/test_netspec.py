@@ -3,10 +3,11 @@ and the shipped prototxt/ is exactly what examples/make_nets.py writes."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import ROOT
 
 caffe = pytest.importorskip("caffe")
 from caffe import layers as L  # noqa: E402
@@ -15,7 +16,6 @@ from google.protobuf import text_format  # noqa: E402
 
 from caffe_layers import netspec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 import make_nets  # noqa: E402
 from digits_data import DigitsSpec, make_digits  # noqa: E402

@@ -12,16 +12,16 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ["caffe_layers", "tests", "examples", "benchmarks", "docker", "scripts"]
 
 # Run by the old interpreter: compile each file given, print "path:line: message" for each failure.
 COMPILE = """
 import sys
+
+from conftest import ROOT
 bad = []
 for path in sys.argv[1:]:
     with open(path, "rb") as handle:

@@ -7,6 +7,7 @@ import pytest
 
 import caffe_layers
 from caffe_layers.registry import LAYERS, LOSS_LAYERS
+
 from conftest import ROOT
 
 caffe = pytest.importorskip("caffe")

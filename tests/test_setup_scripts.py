@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 BUILD = ROOT / "scripts" / "build_caffe.sh"
 PINNED_SHA256 = "e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c"
 PINNED_SHA1 = "4061e9b6915b7507ff30f83c1d1b74346fe026e2"

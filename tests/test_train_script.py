@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import caffe
 import pytest
 from caffe.proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 TRAIN = ROOT / "examples" / "train.py"
 
 # Constant data and constant initial weights: every run is the same to the bit, and the first
