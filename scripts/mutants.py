@@ -92,7 +92,7 @@ def shadow_venv(venv, scratch):
     return shadow / "bin" / "python"
 
 
-def test_env(scratch):
+def scratch_env(scratch):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(scratch) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a mutant of the same size and second must not reuse a stale .pyc
@@ -171,8 +171,8 @@ def verdict(code):
 def table(rows):
     lines = ["| mutant | file | bug it stands for | result | caught by | seconds |", "|---|---|---|---|---|---:|"]
     for mutant, result, caught, seconds in rows:
-        cell = caught.replace("|", "\\|")
-        lines.append(f"| {mutant.name} | {mutant.file} | {mutant.bug} | {result} | {cell} | {seconds:.1f} |")
+        bug, cell = (text.replace("|", "\\|") for text in (mutant.bug, caught))
+        lines.append(f"| {mutant.name} | {mutant.file} | {bug} | {result} | {cell} | {seconds:.1f} |")
     killed = sum(1 for _, result, _, _ in rows if result == "killed")
     rate = 100.0 * killed / len(rows) if rows else 100.0
     return "\n".join(lines) + f"\n\nkilled {killed} of {len(rows)} mutants ({rate:.1f}%)\n"
@@ -235,7 +235,7 @@ def main(argv=None):
     try:
         copy_checkout(ROOT, scratch)
         python = shadow_venv(args.venv, scratch)
-        env = test_env(scratch)
+        env = scratch_env(scratch)
         print(f"scratch copy: {scratch}", flush=True)
         check_isolation(scratch, python, env)
         print("isolation checked: python, the caffe tool and the caffe-layers command load the scratch copy",
