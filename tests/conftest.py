@@ -11,6 +11,29 @@ ROOT = Path(__file__).resolve().parent.parent
 CAFFE_TOOL = Path(sys.executable).parent / "caffe"  # the wrapper scripts/setup.sh writes
 
 
+# The environment the run started with: a module imported while collecting may change it (the
+# demo and the experiments quiet Caffe's log and pin OpenBLAS to one thread for their own runs),
+# and every test after collection must see the environment a user has.
+_ENVIRONMENT = dict(os.environ)
+
+
+def _restore_environment():
+    for key in [key for key in os.environ if key not in _ENVIRONMENT and not key.startswith("PYTEST_")]:
+        del os.environ[key]
+    os.environ.update(_ENVIRONMENT)
+
+
+def pytest_collection_finish(session):
+    _restore_environment()
+
+
+@pytest.fixture(autouse=True)
+def user_environment():
+    """Each test starts from the environment the run started with."""
+    _restore_environment()
+    yield
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI a skipped test is a failure: every test must really run there."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -12,16 +12,18 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-SOURCE_DIRS = ["caffe_layers", "tests", "examples", "benchmarks", "docker", "scripts"]
+from conftest import ROOT
+
+SOURCE_DIRS = ["caffe_layers", "tests", "examples", "benchmarks", "docker", "scripts", "experiments", "mutants"]
 
 # Run by the old interpreter: compile each file given, print "path:line: message" for each failure.
 COMPILE = """
 import sys
 
-from conftest import ROOT
 bad = []
 for path in sys.argv[1:]:
     with open(path, "rb") as handle:
