@@ -116,9 +116,15 @@ def _table(header, rows):
 
 
 MULTILABEL_HEADER = ["variant", "loss layer: settings", "test mAP", "macro F1, calibrated", "macro F1 at 0.5",
-                     "rare AP (7, 8, 9)", "final loss", "time per run"]
+                     "rare AP (7, 8, 9)", "test mAP per seed", "final loss", "time per run"]
 DENSE_HEADER = ["variant", "settings", "bias init", "AP over cells", "macro F1, calibrated", "macro F1 at 0.5",
-                "paper: COCO AP (Table 1)"]
+                "AP per seed", "paper: COCO AP (Table 1)"]
+
+
+def per_seed(runs):
+    """``0.888 / 0.248 / 0.806``: the test AP of each seed, in seed order."""
+    return " / ".join("diverged" if r.get("diverged") else f"{r['test']['ap']:.3f}"
+                      for r in sorted(runs, key=lambda r: r["seed"]))
 
 
 def multilabel_table(experiment):
@@ -128,7 +134,7 @@ def multilabel_table(experiment):
         r = runs[v["name"]]
         rows.append([v["name"], f"{v['layer']}: {settings_text(v)}", cell(test_values(r, "ap")),
                      cell(test_values(r, "macro_f1")), cell(test_values(r, "macro_f1_at_0.5")),
-                     cell(test_values(r, "rare_ap")), cell([x["final_loss"] for x in _finished(r)], 4),
+                     cell(test_values(r, "rare_ap")), per_seed(r), cell([x["final_loss"] for x in _finished(r)], 4),
                      f"{stats([x['seconds'] for x in r])[0]:.0f} s"])
     return _table(MULTILABEL_HEADER, rows)
 
@@ -140,7 +146,7 @@ def dense_table(experiment):
         r = runs[v["name"]]
         rows.append([v["name"], settings_text(v, skip=("normalization",)), v["init"],
                      cell(test_values(r, "ap")) + diverged_note(r), cell(test_values(r, "macro_f1")),
-                     cell(test_values(r, "macro_f1_at_0.5")), PAPER.get(v["name"], "")])
+                     cell(test_values(r, "macro_f1_at_0.5")), per_seed(r), PAPER.get(v["name"], "")])
     return _table(DENSE_HEADER, rows)
 
 
@@ -247,19 +253,21 @@ def _save(figure, path):
 
 
 def _curves(axis, experiment, names, title):
+    """Per variant: its mean validation curve (thick) and each seed's (thin), in one colour."""
     runs = by_variant(experiment)
-    for name in names:
+    for k, name in enumerate(names):
+        color = f"C{k % 10}"
         curve = mean_curve(_finished(runs[name]))
         if not curve:
-            axis.plot([], [], label=f"{name} (diverged)")
+            axis.plot([], [], color=color, label=f"{name} (diverged)")
             continue
-        iters = list(curve)
-        mean, low, high = (np.array([curve[i][k] for i in iters]) for k in range(3))
-        line, = axis.plot(iters, mean, "o-", ms=3, label=name)
-        axis.fill_between(iters, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        for run in _finished(runs[name]):
+            axis.plot([p["iter"] for p in run["curve"]], [p["val_ap"] for p in run["curve"]], "-", color=color,
+                      lw=0.8, alpha=0.35)
+        axis.plot(list(curve), [v[0] for v in curve.values()], "o-", ms=3, lw=2, color=color, label=name)
     axis.set(title=title, xlabel="iteration", ylabel=f"validation {experiment['metric']}")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize="small", loc="lower right")
+    axis.legend(fontsize="small", loc="best")
 
 
 def write_plots(results, folder, prefix=""):
@@ -271,7 +279,7 @@ def write_plots(results, folder, prefix=""):
         e = experiments["multilabel"]
         figure, axis = plt.subplots(figsize=(7, 4.5))
         _curves(axis, e, [v["name"] for v in e["variants"]],
-                "Multi-label: validation mAP (mean over seeds, band: min to max)")
+                "Multi-label: validation mAP (thick: mean over seeds; thin: each seed)")
         figure.tight_layout()
         _save(figure, os.path.join(folder, f"{prefix}multilabel-curves.png"))
     if "dense" in experiments:
@@ -280,7 +288,7 @@ def write_plots(results, folder, prefix=""):
         figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
         for axis, (title, group) in zip(axes, DENSE_GROUPS):
             _curves(axis, e, [n for n in group if n in names], title)
-        figure.suptitle("Dense: validation AP over cells (mean over seeds, band: min to max)")
+        figure.suptitle("Dense: validation AP over cells (thick: mean over seeds; thin: each seed)")
         figure.tight_layout()
         _save(figure, os.path.join(folder, f"{prefix}dense-curves.png"))
         _sweep_plot(e, os.path.join(folder, f"{prefix}dense-sweep.png"))
@@ -291,8 +299,9 @@ def _sweep_plot(experiment, path):
     runs = by_variant(experiment)
 
     def ours(name):
-        mean, sd, _ = stats(test_values(runs.get(name, []), "ap"))
-        return mean, sd or 0.0
+        """(mean, [each seed's test AP]) of a variant, or (None, []) when none finished."""
+        values = [v for v in test_values(runs.get(name, []), "ap") if v is not None]
+        return (float(np.mean(values)) if values else None), values
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     gammas = [(0, "focal_g0_a0.25"), (0.5, "focal_g0.5_a0.25"), (1, "focal_g1_a0.25"), (2, "focal_g2_a0.25"),
@@ -306,15 +315,18 @@ def _sweep_plot(experiment, path):
         for label, points, color in series:
             kept = [(x, *ours(name)) for x, name in points if ours(name)[0] is not None]
             if kept:
-                x, y, err = zip(*kept)
-                axis.errorbar(x, y, yerr=err, fmt="o-", color=color, capsize=3, label=label)
-        axis.set(xlabel=key, ylabel="test AP over cells (ours)", title=f"AP against {key}")
+                axis.plot([x for x, _, _ in kept], [mean for _, mean, _ in kept], "o-", color=color, lw=2,
+                          label=f"{label}: mean")
+                seeds_x = [x for x, _, values in kept for _ in values]
+                seeds_y = [v for _, _, values in kept for v in values]
+                axis.plot(seeds_x, seeds_y, "x", color=color, alpha=0.6, label=f"{label}: each seed")
+        axis.set(xlabel=key, ylabel="test AP over cells (ours)", title=f"AP against {key}", ylim=(-0.03, 1.03))
         axis.grid(alpha=0.3)
         twin = axis.twinx()
         twin.plot(list(paper), list(paper.values()), "s--", color="C3", label=paper_label)
         twin.set_ylabel("COCO AP (paper)", color="C3")
         handles = axis.get_legend_handles_labels()
         more = twin.get_legend_handles_labels()
-        axis.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="lower center")
+        axis.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="best")
     figure.tight_layout()
     _save(figure, path)

@@ -187,12 +187,14 @@ def run_experiment(experiment, quick, out, fresh, progress, log):
         log(f"{experiment.name}: reusing {len(records)} finished runs from {folder}")
     total = len(todo) * setting.schedule.max_iter
     data, data_seed = None, None
+    positives = {}     # seed: the share of positive training targets
     with tempfile.TemporaryDirectory(prefix="nets-", dir=folder) as workdir, \
             tqdm(total=total, desc=experiment.name, unit="it", disable=not progress or not total,
                  dynamic_ncols=True, mininterval=1.0) as bar:
         for i, (seed, variant, path, key) in enumerate(todo, start=1):
             if data_seed != seed:
                 data, data_seed = experiment.make_data(setting.sizes, seed), seed
+                positives[seed] = float(data["train"][1].mean())
             bar.set_description_str(f"{experiment.name} [{i}/{len(todo)}] {variant.name} seed {seed}")
             record = train_run(experiment, variant, seed, setting, data, workdir, bar)
             record["key"] = key
@@ -202,15 +204,15 @@ def run_experiment(experiment, quick, out, fresh, progress, log):
                       else f"test {experiment.metric} {record['test']['ap']:.4f}")
             (bar.write if progress else log)(f"{experiment.name} {variant.name} seed {seed}: {figure} "
                                              f"({record['seconds']:.0f} s)")
-    positives = None
-    if data is None:
-        data = experiment.make_data(setting.sizes, setting.seeds[0])
-    labels = data["train"][1]
-    positives = float(labels.mean())
+    data = None
+    for seed in setting.seeds:         # the seeds whose runs were all reused
+        if seed not in positives:
+            positives[seed] = float(experiment.make_data(setting.sizes, seed)["train"][1].mean())
     return {
         "title": experiment.title, "metric": experiment.metric,
         "setting": {"sizes": list(setting.sizes), "schedule": asdict(setting.schedule), "seeds": list(setting.seeds),
-                    "canvas": experiment.spec.canvas, "positive_fraction": positives},
+                    "canvas": experiment.spec.canvas,
+                    "positive_fraction": float(np.mean([positives[seed] for seed in setting.seeds]))},
         "variants": [{"name": v.name, "layer": v.layer, "options": v.options, "activation": v.activation,
                       "settings": v.settings(), "init": v.init()} for v in experiment.variants],
         "runs": [records[v.name, s] for s in setting.seeds for v in experiment.variants],
