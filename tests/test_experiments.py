@@ -277,3 +277,27 @@ def test_guide_commands_parse_as_printed():
         run_module.parser().parse_args(argv)          # SystemExit(2) on an unknown option or a bad value
     makefile = (ROOT / "Makefile").read_text()
     assert "experiments: setup\n\t$(VENV)/bin/python experiments/run.py\n" in makefile
+
+
+def test_guide_calibrate_and_evaluate_commands_run_as_printed(tmp_path):
+    """The guide's `caffe-layers calibrate` / `evaluate` lines, on the quick demo's weights: the same
+    options, with the demo's 20-iteration weights for the full demo's, run from a copy of the
+    repository's prototxt/ in tmp_path (nothing is written into the checkout)."""
+    import shlex
+    demo = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--quick", "--out",
+                           str(tmp_path / "runs"), "--variants", "focal", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    shutil.copytree(ROOT / "prototxt", tmp_path / "prototxt")
+    lines = [line.strip() for line in GUIDE.read_text().splitlines()
+             if line.strip().startswith(".venv/bin/caffe-layers ")]
+    assert [shlex.split(line)[1] for line in lines] == ["calibrate", "evaluate"]
+    for line in lines:
+        argv = shlex.split(line.replace("focal_iter_2000", "focal_iter_20"))
+        argv[0] = str(Path(sys.executable).parent / "caffe-layers")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    thresholds = json.loads((tmp_path / "runs" / "focal" / "thresholds.json").read_text())["thresholds"]
+    assert len(thresholds) == 10
+    assert (tmp_path / "runs" / "focal" / "precision_recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prototxt", "runs"]
