@@ -61,7 +61,7 @@ MUTANTS = [
       "    return np.add(out, np.subtract(e, np.subtract(one_plus_e, 1, out=one_plus_e), out=one_plus_e), out=out)\n",
       "    return np.log(one_plus_e, out=out)\n",
       "log(1 + e) without the rounding correction of 1 + e: 0 for tiny e (x << 0, float32)",
-      FOCAL_MATH, EDGE),
+      FOCAL_MATH, KERNEL_EDGES),
     M("focal-scratch-count", FOCAL,
       "count = product + (alpha is not None or element_weights.needs_product)",
       "count = product + element_weights.needs_product",

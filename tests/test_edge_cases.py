@@ -37,25 +37,6 @@ def bce(x, t):
 
 # --- the focal kernel: accuracy at saturation ---------------------------------------------------
 
-@pytest.mark.parametrize("dtype, x, t", [(np.float32, -20.0, 0.0), (np.float32, 18.0, 1.0),
-                                         (np.float64, -40.0, 0.0), (np.float64, 40.0, 1.0)])
-def test_focal_cross_entropy_of_a_tiny_loss_keeps_its_digits(dtype, x, t):
-    # gamma 0: loss = log1p(exp(-|x|)) for a well classified element; ~2e-9 (float32, x = -20)
-    # is below float32's rounding of 1 + e, so log(1 + e) would give 0: no absolute slack here
-    scores = np.array([[x]], dtype=dtype)
-    grad = np.empty_like(scores)
-    sums = sigmoid_focal_loss(scores, np.array([[t]], dtype=dtype), gamma=0.0, grad_out=grad)
-    expected = math.log1p(math.exp(-abs(x)))
-    assert sums.loss == pytest.approx(expected, rel=1e-6, abs=0)
-    # p - t: sigmoid(x) = e / (1 + e) for t = 0 (x < 0), to its last digits; -(1 - p) for t = 1,
-    # where gamma 0's p - t may round to 0 (an absolute error below the dtype's epsilon)
-    e = math.exp(-abs(x))
-    if t == 0:
-        assert float(grad[0, 0]) == pytest.approx(e / (1 + e), rel=1e-5, abs=0)
-    else:
-        assert float(grad[0, 0]) == pytest.approx(-e / (1 + e), rel=0, abs=float(np.finfo(dtype).eps))
-
-
 @pytest.mark.parametrize("dtype, x", [(np.float64, 40.0), (np.float64, 30.0), (np.float32, 12.0)])
 def test_focal_gamma_two_of_a_confident_positive_keeps_its_digits(dtype, x):
     # t = 1, x large: 1 - p = sigmoid(-x) = e / (1 + e) with e = exp(-x); 1 - p computed as a
@@ -143,6 +124,19 @@ SPARSE_OPTIONS = [
 ]
 
 
+def _softmax_against_reference(x, targets, weights, options):
+    """The softmax kernel's loss and gradient against the float64 reference (the gradient by
+    central differences of it); returns the kernel's sums."""
+    grad = np.empty_like(x)
+    sums = multilabel_softmax_loss(x, targets, weights=weights, grad_out=grad, **options)
+
+    def reference(v):
+        return softmax_positions(v, targets, weights=weights, **options).sum()
+    np.testing.assert_allclose(sums.loss, reference(x), rtol=1e-12)
+    np.testing.assert_allclose(grad, central_differences(reference, x), rtol=1e-6, atol=1e-8)
+    return sums
+
+
 @pytest.mark.parametrize("options", SPARSE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 @pytest.mark.parametrize("shape", [(16, 40), (4, 40, 3)])
 def test_softmax_sparse_multi_hot_targets_match_float64(rng, options, shape):
@@ -153,13 +147,7 @@ def test_softmax_sparse_multi_hot_targets_match_float64(rng, options, shape):
     if options.get("class_weights") == "random":
         options["class_weights"] = rng.uniform(0.1, 3.0, size=shape[1])
     weights = rng.uniform(0.1, 2.0, size=shape[0]) if options.pop("weights", None) else None
-    grad = np.empty_like(x)
-    sums = multilabel_softmax_loss(x, t, weights=weights, grad_out=grad, **options)
-
-    def reference(v):
-        return softmax_positions(v, t, weights=weights, **options).sum()
-    np.testing.assert_allclose(sums.loss, reference(x), rtol=1e-12)
-    np.testing.assert_allclose(grad, central_differences(reference, x), rtol=1e-6, atol=1e-8)
+    sums = _softmax_against_reference(x, t, weights, options)
     assert sums.valid == np.count_nonzero(t.sum(axis=1))
 
 
@@ -189,13 +177,7 @@ def test_softmax_class_index_targets_with_a_weights_bottom(rng, options, weights
     if "ignore_label" in options:
         labels[1, 2] = 255
     weights = rng.uniform(0.1, 2.0, size=weights_shape)
-    grad = np.empty_like(x)
-    sums = multilabel_softmax_loss(x, labels, weights=weights, grad_out=grad, **options)
-
-    def reference(v):
-        return softmax_positions(v, labels, weights=weights, **options).sum()
-    np.testing.assert_allclose(sums.loss, reference(x), rtol=1e-12)
-    np.testing.assert_allclose(grad, central_differences(reference, x), rtol=1e-6, atol=1e-8)
+    _softmax_against_reference(x, labels, weights, options)
 
 
 @pytest.mark.parametrize("row", [[100.0, 99.0, 0.0], [-100.0, -101.0, -120.0], [-200.0, -199.0, -250.0]])
