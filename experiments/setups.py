@@ -74,11 +74,11 @@ class Setting:
 
 # ---------------------------------------------------------------- the learning rate
 
-# One base_lr for every variant of both experiments (as RetinaNet uses one for all its losses): the
-# largest at which no variant collapsed in a pilot. A collapsed run has its validation AP at chance
-# (the positive rate) from the first validation on and never recovers: all its scores are pushed
-# negative within the first 200 iterations. The pilot trained the first iterations of the
-# 3000-iteration schedule, validating every 100:
+# One base_lr for every variant of both experiments (as RetinaNet uses one for all its losses): of
+# the rates tried, the largest at which no variant collapsed in a pilot. A collapsed run has its
+# validation AP at chance (the positive rate) from the first validation on and never recovers: all
+# its scores are pushed negative within the first 200 iterations. The pilot trained the first
+# iterations of the 3000-iteration schedule, validating every 100:
 #   0.05 / 0.04, an earlier full run (2000 iterations; multi-label at 0.05, the demo's rate, dense at
 #        0.04): multi-label sigmoid cross-entropy and focal loss without alpha collapsed on seed 1;
 #        dense cross-entropy with the prior on seed 1, gamma 2 with alpha 0.5 on every seed, with
