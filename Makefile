@@ -1,7 +1,7 @@
 # make demo : set up, then train the three example nets on bundled data and print their table
 # make test : set up, then run the test suite
 # make bench: set up, then time our layers against Caffe's built-in loss layers
-# make experiments: set up, then measure which loss to use (about 20 minutes on 2 cores; docs/choosing-a-loss.md)
+# make experiments: set up, then measure which loss to use (about 26 minutes on 2 cores; docs/choosing-a-loss.md)
 # make mutants: set up, then check that the tests catch every curated mutant (10-30 minutes; docs/mutants.md)
 VENV := .venv
 
