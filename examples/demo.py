@@ -222,6 +222,41 @@ def table(rows, variants):
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- demo table: written by examples/demo.py --readme -->"
+README_END = "<!-- end demo table -->"
+
+
+def machine():
+    """The machine and software the figures come from, in one line."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, numpy {np.__version__}, "
+            f"one OpenBLAS thread")
+
+
+def readme_block(path):
+    """(text, begin, end) of ``path`` and its demo table block; exits with one line if it has none."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            readme = handle.read()
+    except OSError as error:
+        raise SystemExit(f"demo: --readme {path!r} cannot be read: {error.strerror}")
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"demo: --readme {path!r} has no demo table block ({README_BEGIN} ... {README_END})")
+    return readme, begin, end
+
+
+def update_readme(path, text, minutes):
+    """Replace the demo table between README_BEGIN and README_END in ``path`` (written atomically)."""
+    readme, begin, end = readme_block(path)
+    block = f"{README_BEGIN}\nMeasured on {machine()}; the demo took {minutes:.1f} minutes.\n\n{text}\n"
+    write_text(path, readme[:begin] + block + readme[end:])
+
+
 # ---------------------------------------------------------------- plots
 
 def save_figure(figure, path):
@@ -301,8 +336,13 @@ def main(argv=None):
                         help="examples/train.py (default) or the caffe tool")
     parser.add_argument("--variants", nargs="+", choices=list(make_nets.VARIANTS), default=list(make_nets.VARIANTS))
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--readme", metavar="PATH",
+                        help="also write the table, the machine and the run time into this README's demo table "
+                             "block (examples/README.md holds the committed one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.readme:
+        readme_block(args.readme)  # before the run, not after it
     setting = QUICK if args.quick else FULL
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -347,6 +387,9 @@ def main(argv=None):
     log(f"the same figures, per class, and a precision-recall plot for {last['variant']} with the caffe-layers tool:")
     log("  " + evaluate_command(last["variant"], net_dir, data_dir, last["weights"], out))
     log(f"demo took {total / 60:.1f} min")
+    if args.readme:
+        update_readme(args.readme, text, total / 60)
+        log(f"wrote the table into {args.readme}")
     return 0
 
 

@@ -227,3 +227,45 @@ def test_bundled_data_is_deterministic_imbalanced_and_caffe_shaped(tmp_path):
     counts = label.sum(axis=0)
     common, rare = counts[[d for d in range(10) if d not in spec.rare_digits]], counts[list(spec.rare_digits)]
     assert rare.max() * 4 < common.min()                 # drawn 10x less often per draw
+
+
+README_BEGIN = "<!-- demo table: written by examples/demo.py --readme -->"
+README_END = "<!-- end demo table -->"
+
+
+def demo_block(text):
+    return text[text.index(README_BEGIN):text.index(README_END)]
+
+
+def test_readme_table_is_what_the_demo_writes(tmp_path):
+    """--readme replaces the block between the markers with the run's own table and machine line and
+    leaves the rest byte for byte; the committed block has the columns and variants the demo writes."""
+    committed = (ROOT / "examples" / "README.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text(committed)
+    out = tmp_path / "out"
+    stdout = run(DEMO, "--quick", "--out", out, "--no-progress", "--variants", "focal", "--readme", readme)
+    written = readme.read_text()
+    assert written.replace(demo_block(written), "") == committed.replace(demo_block(committed), "")
+    block = demo_block(written)
+    assert (out / "results.md").read_text().strip() in block
+    assert re.search(r"^Measured on \d+ CPU cores \(.+\), Python 3\.\d+\.\d+, numpy \S+, one OpenBLAS thread; "
+                     r"the demo took \d+\.\d minutes\.$", block, re.M), block
+    assert "wrote the table into" in stdout
+    # the committed table: the header the demo writes, one row per variant of the nets, in order
+    header = next(line for line in block.splitlines() if line.startswith("| variant"))
+    committed_lines = demo_block(committed).splitlines()
+    assert header in committed_lines
+    rows = [line.split("|")[1].strip() for line in committed_lines if line.startswith("| ") and line != header]
+    assert rows == list(VARIANTS)
+
+
+def test_readme_without_a_table_block_is_refused_before_the_run(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no block here\n")
+    done = subprocess.run([sys.executable, str(DEMO), "--quick", "--out", str(tmp_path / "out"), "--readme",
+                           str(readme)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (f"demo: --readme {str(readme)!r} has no demo table block "
+                                                    f"({README_BEGIN} ... {README_END})")
+    assert readme.read_text() == "# no block here\n" and not (tmp_path / "out").exists()
