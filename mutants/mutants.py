@@ -28,6 +28,8 @@ METRICS = "caffe_layers/metrics.py"
 DECODING = "caffe_layers/decoding.py"
 CLASS_WEIGHTS = "caffe_layers/class_weights.py"
 CLI = "caffe_layers/cli.py"
+TOOL_NET = "caffe_layers/tool/net.py"
+TOOL_DATA = "caffe_layers/tool/data.py"
 
 EDGE = "tests/test_edge_cases.py"
 ASYMMETRIC_MATH = "tests/test_asymmetric_math.py"
@@ -648,21 +650,26 @@ MUTANTS = [
       "",
       "an output path that is one of the inputs is not refused",
       CLI_OUTPUTS),
-    M("cli-softmax-twice", CLI,
+    M("cli-softmax-twice", TOOL_NET,
       "if args.activation in (\"sigmoid\", \"softmax\"):",
       "if args.activation == \"sigmoid\":",
       "--activation softmax on a blob a Softmax layer made squashes it twice",
       CLI_SQUASHING),
-    M("cli-batch-outputs-aliased", CLI,
+    M("cli-batch-outputs-aliased", TOOL_NET,
       "outputs.append(net.blobs[loaded.output].data.astype(np.float64))",
       "outputs.append(net.blobs[loaded.output].data)",
       "each batch's scores kept as a view of the blob, which the next forward overwrites",
       CLI_TOOL),
-    M("cli-last-batch-not-reshaped", CLI,
+    M("cli-last-batch-not-reshaped", TOOL_NET,
       "if blob.data.shape[0] != len(batch):",
       "if blob.data.shape[0] < len(batch):",
       "the input blob only grows: a smaller last batch does not fit",
       CLI_TOOL),
+    M("cli-non-finite-inputs-pass", TOOL_DATA,
+      "        if not finite.all():\n",
+      "        if False:\n",
+      "NaN or infinity in the inputs fed to the net unchecked: the net's scores are NaN for those samples",
+      "tests/test_cli_mistakes.py::test_bad_data_is_one_line"),
     M("cli-mass-sum-one-sided", CLI,
       "off = np.flatnonzero(np.abs(sums - 1) > MASS_SUM_TOLERANCE)",
       "off = np.flatnonzero(sums - 1 > MASS_SUM_TOLERANCE)",

@@ -24,7 +24,7 @@ MUTANTS = LISTING.MUTANTS
 # every module with logic, and the least number of mutants it must have
 LOGIC_MODULES = ["focal.py", "multilabel_softmax.py", "asymmetric.py", "blocks.py", "params.py", "config.py",
                  "layers.py", "metrics_layer.py", "netspec.py", "metrics.py", "decoding.py", "class_weights.py",
-                 "cli.py"]
+                 "cli.py", "net.py", "data.py"]
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
