@@ -24,9 +24,10 @@ class LossConfig:
     """The options every loss takes. Subclasses add fields (all with defaults) and extend ``parse``.
 
     ``NORMALIZATIONS``: the accepted ``normalization`` values; ``ALIASES``: other spellings of
-    keys (``{"focusing_parameter": "gamma"}``); ``EXTRA_KEYS``: keys read by ``parse`` that are
-    not fields (``class_balances``). ``spellings`` records, per option, the key the user wrote,
-    so that a later error names it.
+    keys (``{"focusing_parameter": "gamma"}``); ``EXTRA_KEYS``: keys that are not fields but that
+    ``parse`` reads into one, in another form (``{"class_balances": "class_weights"}``): giving
+    both is an error. ``spellings`` records, per option, the key the user wrote, so that a later
+    error names it.
     """
     class_weights: Optional[Tuple[float, ...]] = None
     normalization: str = "batch_size"
@@ -36,19 +37,24 @@ class LossConfig:
 
     NORMALIZATIONS = ("batch_size", "full", "valid", "none")
     ALIASES = {}
-    EXTRA_KEYS = ()
+    EXTRA_KEYS = {}
     # options of the layer, not of the NumPy loss function
     LAYER_ONLY = ("normalization", "check_finite", "spellings")
 
     @classmethod
     def keys(cls):
-        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "spellings") + cls.EXTRA_KEYS
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "spellings") + tuple(cls.EXTRA_KEYS)
 
     @classmethod
     def from_param_str(cls, param_str, layer=None):
         layer = layer or cls.LAYER
         raw, written = params.parse_param_str(layer, param_str, allowed=cls.keys(), aliases=cls.ALIASES,
                                               spellings=True)
+        for extra, option in cls.EXTRA_KEYS.items():
+            if extra in raw and option in raw:
+                raise ValueError(f"{layer}: {option!r} and its alias {extra!r} are both given; give one")
+            if extra in raw:
+                written[option] = extra
         options = cls.parse(layer, raw)
         return cls(**options, spellings=tuple(sorted(written.items())))
 
@@ -105,12 +111,10 @@ class FocalConfig(_SigmoidConfig):
 
     LAYER = "SigmoidFocalLoss"
     ALIASES = {"focusing_parameter": "gamma"}
-    EXTRA_KEYS = ("class_balances",)
+    EXTRA_KEYS = {"class_balances": "class_weights"}
 
     @classmethod
     def parse(cls, layer, raw):
-        if "class_weights" in raw and "class_balances" in raw:
-            raise ValueError(f"{layer}: 'class_weights' and its alias 'class_balances' are both given; give one")
         config = super().parse(layer, raw)
         if "gamma" in raw:
             config["gamma"] = _gamma(layer, "gamma", raw["gamma"])
@@ -122,11 +126,6 @@ class FocalConfig(_SigmoidConfig):
             config["class_weights"] = params.class_balances(layer, raw["class_balances"])
             params.at_most(layer, "class_balances", config["class_weights"], MAX_CLASS_WEIGHT)
         return config
-
-    def written(self, key):
-        if key == "class_weights" and "class_balances" in dict(self.spellings):
-            return "class_balances"
-        return super().written(key)
 
 
 @dataclass(frozen=True)

@@ -375,8 +375,8 @@ MUTANTS = [
       "a focusing exponent that overflows float32 accepted",
       PARAMS_TESTS, LAYER_MISTAKES),
     M("config-both-class-weight-spellings", CONFIG,
-      "        if \"class_weights\" in raw and \"class_balances\" in raw:\n"
-      "            raise ValueError(f\"{layer}: 'class_weights' and its alias 'class_balances' are both given; give one\")\n",
+      "            if extra in raw and option in raw:\n"
+      "                raise ValueError(f\"{layer}: {option!r} and its alias {extra!r} are both given; give one\")\n",
       "",
       "class_weights and class_balances both given: one silently wins",
       EDGE, PARAMS_TESTS, LAYER_MISTAKES),
