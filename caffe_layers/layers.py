@@ -49,6 +49,17 @@ def _sum_is_finite(array):
     return math.isfinite(float(np.add.reduce(array, axis=None))) or bool(np.isfinite(array).all())
 
 
+def check_finite_scores(name, scores, hint=""):
+    """Raise ``FloatingPointError`` naming the count and the first of the non-finite scores, if any;
+    the sum settles the common case in one pass (``_sum_is_finite``)."""
+    if _sum_is_finite(scores):
+        return
+    bad = ~np.isfinite(scores)
+    index = first_index(bad)
+    raise FloatingPointError(f"{name}: bottom 0 (scores) has {int(bad.sum())} non-finite values, the first at "
+                             f"index {index}: {float(scores[index])!r}{hint}")
+
+
 def blob_shapes(bottom, name):
     """The bottoms' shapes; a blob with no elements is an error here, because Caffe aborts when
     its (absent) data is touched."""
@@ -157,8 +168,8 @@ class LossLayer(caffe.Layer):
         if weights is not None:
             self._check_weights(weights)
         checking = self.config.check_finite
-        if checking and not _sum_is_finite(scores):
-            self._raise_non_finite_scores(scores)
+        if checking:
+            check_finite_scores(self.NAME, scores, ' (set "check_finite": false to skip this check)')
         prob_out = top[1].data if top is not None and len(top) == 2 else None
         grad_out = self._grad if want_grad else None
         # when checking, a non-finite result gets the clear error below rather than NumPy's warnings
@@ -174,13 +185,6 @@ class LossLayer(caffe.Layer):
         bad = ~(np.isfinite(weights) & (weights >= 0))
         if bad.any():
             raise ValueError(f"{self.NAME}: bottom 2 (weights) must be finite and >= 0; {describe_bad(weights, bad)}")
-
-    def _raise_non_finite_scores(self, scores):
-        bad = ~np.isfinite(scores)
-        index = first_index(bad)
-        raise FloatingPointError(
-            f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, the first at index "
-            f"{index}: {float(scores[index])!r} (set \"check_finite\": false to skip this check)")
 
     def _raise_overflow(self, scores, weights, what):
         """The scores are finite but the loss or gradient is not: name what is large enough to overflow."""

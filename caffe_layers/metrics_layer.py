@@ -20,8 +20,8 @@ import numpy as np
 from . import metrics as m
 from .config import MetricsConfig
 from .decoding import activate, apply_thresholds, load_thresholds
-from .layers import blob_shapes, reported
-from .params import describe_bad, first_index
+from .layers import blob_shapes, check_finite_scores, reported
+from .params import describe_bad
 
 
 class MultiLabelMetrics(caffe.Layer):
@@ -106,11 +106,7 @@ class MultiLabelMetrics(caffe.Layer):
 
     def _check(self, scores, targets):
         """Raise on non-finite scores or targets other than 0, 1, ignore_label; return the valid mask."""
-        if not np.isfinite(scores).all():
-            bad = ~np.isfinite(scores)
-            index = first_index(bad)
-            raise FloatingPointError(f"{self.NAME}: bottom 0 (scores) has {int(bad.sum())} non-finite values, "
-                                     f"the first at index {index}: {float(scores[index])!r}")
+        check_finite_scores(self.NAME, scores)
         ignore = self.config.ignore_label
         valid = None if ignore is None else targets != ignore
         bad = (targets != 0) & (targets != 1)
