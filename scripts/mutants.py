@@ -34,6 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from caffe_layers.files import write_text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 LIST = ROOT / "mutants" / "mutants.py"
 CANARY = "caffe-layers mutants: the scratch copy's canary"
@@ -178,18 +181,6 @@ def table(rows):
     return "\n".join(lines) + f"\n\nkilled {killed} of {len(rows)} mutants ({rate:.1f}%)\n"
 
 
-def write_atomically(path, text):
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -273,7 +264,7 @@ def main(argv=None):
     text = table(rows)
     print("\n" + text, end="")
     if args.markdown:
-        write_atomically(Path(args.markdown), text)
+        write_text(args.markdown, text)
     return 0 if all(result == "killed" for _, result, _, _ in rows) else 1
 
 
