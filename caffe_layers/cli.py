@@ -196,11 +196,7 @@ def _plot(curves, names, ap, mean_ap, path):
              title=f"Precision-recall (mAP {_fmt(mean_ap)})")
     axes.legend(loc="lower left", fontsize="small")
     figure.tight_layout()
-    try:
-        with files.atomic_output(path) as temp:
-            figure.savefig(temp, dpi=100, format=_plot_format(path))
-    finally:
-        plt.close(figure)
+    files.save_figure(figure, path, format=_plot_format(path))
 
 
 def _join(values):

@@ -52,6 +52,18 @@ def write_text(path, text):
             handle.write(text)
 
 
+def save_figure(figure, path, **options):
+    """Save a matplotlib ``figure`` to ``path`` through ``atomic_output`` (``dpi=100`` unless given;
+    ``options`` go to ``savefig``), then close it, whether or not the save worked."""
+    import matplotlib.pyplot as plt
+    options.setdefault("dpi", 100)
+    try:
+        with atomic_output(path) as temp:
+            figure.savefig(temp, **options)
+    finally:
+        plt.close(figure)
+
+
 def _same(a, b):
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import digits_data as digits  # noqa: E402
 import make_nets  # noqa: E402
 import train as pytrain  # noqa: E402
-from caffe_layers.files import atomic_output, write_text  # noqa: E402
+from caffe_layers.files import save_figure, write_text  # noqa: E402
 
 RARE = digits.DigitsSpec().rare_digits
 
@@ -259,15 +259,6 @@ def update_readme(path, text, minutes):
 
 # ---------------------------------------------------------------- plots
 
-def save_figure(figure, path):
-    import matplotlib.pyplot as plt
-    try:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png")
-    finally:
-        plt.close(figure)
-
-
 def plot_losses(rows, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -284,7 +275,7 @@ def plot_losses(rows, path):
         axis.legend()
     figure.suptitle("Loss per variant (each loss on its own scale)")
     figure.tight_layout()
-    save_figure(figure, path)
+    save_figure(figure, path, format="png")
 
 
 def plot_ap(rows, path):
@@ -303,7 +294,7 @@ def plot_ap(rows, path):
              title="Average precision per digit on the test set")
     figure.legend(loc="lower center", ncol=len(rows), fontsize="small", frameon=False)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
-    save_figure(figure, path)
+    save_figure(figure, path, format="png")
 
 
 def plot_precision_recall(rows, curves, path):
@@ -320,7 +311,7 @@ def plot_precision_recall(rows, curves, path):
              title="Precision-recall on the test set (all digits pooled)")
     axis.legend(loc="lower left")
     figure.tight_layout()
-    save_figure(figure, path)
+    save_figure(figure, path, format="png")
 
 
 # ---------------------------------------------------------------- main

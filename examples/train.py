@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, ROOT)    # caffe_layers from this checkout when it is not installed
 
 from caffe_layers.caffemodel import check_weights  # noqa: E402
-from caffe_layers.files import atomic_output, write_text  # noqa: E402
+from caffe_layers.files import save_figure, write_text  # noqa: E402
 from caffe_layers.testing import net_objective  # noqa: E402
 
 PROG = "train.py"
@@ -385,11 +385,7 @@ def plot_history(history, path, title):
     axes.set(xlabel="iteration", ylabel="loss", title=title)
     axes.legend()
     figure.tight_layout()
-    try:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png")
-    finally:
-        plt.close(figure)
+    save_figure(figure, path, format="png")
 
 
 def _format(values):

@@ -243,13 +243,8 @@ def plot_names(results):
 
 
 def _save(figure, path):
-    import matplotlib.pyplot as plt
-    from caffe_layers.files import atomic_output
-    try:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png", metadata={"Software": None})
-    finally:
-        plt.close(figure)
+    from caffe_layers.files import save_figure
+    save_figure(figure, path, format="png", metadata={"Software": None})  # no version string: same bytes each run
 
 
 def _curves(axis, experiment, names, title):
