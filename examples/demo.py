@@ -42,6 +42,7 @@ sys.path[:0] = [HERE, ROOT]
 import numpy as np  # noqa: E402
 
 import digits_data as digits  # noqa: E402
+import machine  # noqa: E402
 import make_nets  # noqa: E402
 import train as pytrain  # noqa: E402
 from caffe_layers.files import save_figure, write_text  # noqa: E402
@@ -226,15 +227,10 @@ README_BEGIN = "<!-- demo table: written by examples/demo.py --readme -->"
 README_END = "<!-- end demo table -->"
 
 
-def machine():
+def machine_line():
     """The machine and software the figures come from, in one line."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, numpy {np.__version__}, "
-            f"one OpenBLAS thread")
+    m = machine.describe()
+    return f"{m['nproc']} CPU cores ({m['cpu']}), Python {m['python']}, numpy {m['numpy']}, one OpenBLAS thread"
 
 
 def readme_block(path):
@@ -253,7 +249,7 @@ def readme_block(path):
 def update_readme(path, text, minutes):
     """Replace the demo table between README_BEGIN and README_END in ``path`` (written atomically)."""
     readme, begin, end = readme_block(path)
-    block = f"{README_BEGIN}\nMeasured on {machine()}; the demo took {minutes:.1f} minutes.\n\n{text}\n"
+    block = f"{README_BEGIN}\nMeasured on {machine_line()}; the demo took {minutes:.1f} minutes.\n\n{text}\n"
     write_text(path, readme[:begin] + block + readme[end:])
 
 

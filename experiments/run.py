@@ -36,7 +36,6 @@ import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -49,7 +48,8 @@ sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 import numpy as np  # noqa: E402
 
 import report  # noqa: E402
-import setups  # noqa: E402
+import setups  # noqa: E402  (it puts examples/ on the path)
+import machine  # noqa: E402  (examples/machine.py)
 from caffe_layers.files import write_text  # noqa: E402
 
 PROG = "experiments/run.py"
@@ -219,20 +219,6 @@ def run_experiment(experiment, quick, out, fresh, progress, log):
     }
 
 
-def machine():
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "numpy": np.__version__, "python": platform.python_version(),
-            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
-
-
 # ---------------------------------------------------------------- main
 
 def write_outputs(results, out):
@@ -310,7 +296,7 @@ def main(argv=None):
     started = time.perf_counter()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    results = {"quick": args.quick, "machine": machine(), "experiments": {}}
+    results = {"quick": args.quick, "machine": machine.describe(), "experiments": {}}
     for name in args.only:
         results["experiments"][name] = run_experiment(setups.EXPERIMENTS[name], args.quick, out, args.fresh,
                                                       not args.no_progress, log)
